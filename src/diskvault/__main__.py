@@ -1,0 +1,3 @@
+from diskvault.cli.app import main
+
+main()

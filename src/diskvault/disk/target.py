@@ -1,0 +1,112 @@
+"""Write to a restore target: a block device (zero gaps with BLKZEROOUT) or an image file (leave
+holes: free space costs no disk space)."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import functools
+import fcntl
+import os
+import stat
+import struct
+
+import numpy as np
+
+from diskvault.disk.source import block_device_size
+
+BLKZEROOUT = 0x127F
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+HOLE_BLOCK = 4096
+_ZEROS = bytes(4 << 20)
+
+
+class Target:
+    """An open restore target. Callers check safety (devices.check_target_*) before opening."""
+
+    def __init__(self, path: str, create_size: int | None = None) -> None:
+        self.path = path
+        self.created = False
+        if create_size is not None and not os.path.exists(path):
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            os.ftruncate(self.fd, create_size)
+            self.created = True
+        else:
+            flags = os.O_RDWR | os.O_CLOEXEC
+            if stat.S_ISBLK(os.stat(path).st_mode):
+                flags |= os.O_EXCL  # fails with EBUSY if mounted or held by the kernel
+            self.fd = os.open(path, flags)
+        st = os.fstat(self.fd)
+        self.is_block = stat.S_ISBLK(st.st_mode)
+        self.size = block_device_size(self.fd) if self.is_block else st.st_size
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def zero(self, offset: int, length: int) -> None:
+        """Make [offset, offset+length) read as zeros: a hole in a file, zeroed blocks on a device."""
+        if length <= 0 or self.created:
+            return
+        try:
+            if self.is_block:
+                fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("<QQ", offset, length))
+            else:
+                _punch_hole(self.fd, offset, length)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOTTY):
+                raise
+        pos, end = offset, offset + length
+        while pos < end:
+            n = min(len(_ZEROS), end - pos)
+            os.pwrite(self.fd, memoryview(_ZEROS)[:n], pos)
+            pos += n
+
+    def write(self, offset: int, data: bytes | memoryview) -> int:
+        """Write ``data`` at ``offset``; in a file, all-zero 4 KiB blocks are left as holes (the
+        range was zeroed first). Returns the bytes actually written."""
+        if self.is_block:
+            _pwrite_full(self.fd, memoryview(data), offset)
+            return len(data)
+        view = memoryview(data)
+        whole = len(view) - len(view) % HOLE_BLOCK
+        if whole == 0 or offset % HOLE_BLOCK:
+            _pwrite_full(self.fd, view, offset)
+            return len(view)
+        blocks = np.frombuffer(view[:whole], dtype=np.uint64).reshape(-1, HOLE_BLOCK // 8).any(axis=1)
+        edges = np.diff(np.concatenate(([0], blocks.astype(np.int8), [0])))
+        written = 0
+        for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
+            a, b = int(a) * HOLE_BLOCK, int(b) * HOLE_BLOCK
+            _pwrite_full(self.fd, view[a:b], offset + a)
+            written += b - a
+        if whole < len(view) and any(view[whole:]):
+            _pwrite_full(self.fd, view[whole:], offset + whole)
+            written += len(view) - whole
+        return written
+
+    def flush(self) -> None:
+        os.fsync(self.fd)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    return libc
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> None:
+    if _libc().fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _pwrite_full(fd: int, view: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)

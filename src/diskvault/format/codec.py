@@ -1,0 +1,60 @@
+"""Chunk codecs and hashes, looked up by name. One compressor per thread (zstd objects are not
+thread-safe); compression and hashing release the GIL, so worker threads use both cores."""
+
+from __future__ import annotations
+
+import threading
+
+import blake3
+import zstandard
+
+from diskvault.format.layout import CODEC_NONE, CODEC_ZSTD, HASH_SIZE
+
+LEVELS = {"none": 0, "fast": 3, "high": 12}
+
+_local = threading.local()
+
+
+def content_hash(data) -> bytes:
+    """BLAKE3 truncated to 128 bits: integrity and change detection."""
+    return blake3.blake3(data).digest(HASH_SIZE)
+
+
+def compress(data, level_name: str) -> tuple[int, bytes]:
+    """(codec id, stored bytes); data that does not shrink is stored as it is."""
+    level = LEVELS[level_name]
+    if level == 0:
+        return CODEC_NONE, bytes(data)
+    compressors = getattr(_local, "compressors", None)
+    if compressors is None:
+        compressors = _local.compressors = {}
+    cctx = compressors.get(level)
+    if cctx is None:
+        cctx = compressors[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    out = cctx.compress(data)
+    if len(out) >= len(data):
+        return CODEC_NONE, bytes(data)
+    return CODEC_ZSTD, out
+
+
+def decompress(codec: int, stored: bytes, length: int) -> bytes:
+    if codec == CODEC_NONE:
+        return stored
+    if codec != CODEC_ZSTD:
+        raise ValueError(f"unknown codec id {codec}")
+    dctx = getattr(_local, "dctx", None)
+    if dctx is None:
+        dctx = _local.dctx = zstandard.ZstdDecompressor()
+    return dctx.decompress(stored, max_output_size=length)
+
+
+def section_digest(data: bytes) -> bytes:
+    return blake3.blake3(data).digest(24)
+
+
+def pack_section(raw: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=3).compress(raw)
+
+
+def unpack_section(stored: bytes, raw_length: int) -> bytes:
+    return zstandard.ZstdDecompressor().decompress(stored, max_output_size=raw_length)

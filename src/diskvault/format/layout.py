@@ -1,0 +1,173 @@
+"""On-disk structures of image format v1, declared once. docs/FORMAT.md mirrors this file.
+
+All integers are little-endian. Names here are the names used in FORMAT.md.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+FORMAT_VERSION = 1
+HEADER_MAGIC = b"DVIMG\r\n\x1a"
+FOOTER_MAGIC = b"DVIMGEND"
+HEADER_SIZE = 4096
+FOOTER_SIZE = 256
+HASH_SIZE = 16  # BLAKE3 output truncated to 128 bits
+DEFAULT_CHUNK_SIZE = 1 << 20
+
+FLAG_ENCRYPTED = 1 << 0
+
+# Header: the fixed part; the rest of the 4096 bytes up to the CRC is zero (reserved).
+_HEADER = struct.Struct("<8sHHI8sHHQIQ16s16s16s16s32s8sH32s")
+_HEADER_CRC_OFFSET = HEADER_SIZE - 4
+
+
+def _name(raw: bytes) -> str:
+    return raw.rstrip(b"\0").decode("ascii", "replace")
+
+
+@dataclass
+class Header:
+    """The first 4096 bytes of every image file."""
+
+    image_id: bytes  # 8 bytes, shown as 16 hex digits
+    increment: int = 0  # II in IMAGEID-II-SS: 0 = Full
+    split_part: int = 0  # SS in IMAGEID-II-SS
+    created_ns: int = 0
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    disk_size: int = 0
+    hash_name: str = "blake3-128"
+    codec_name: str = "zstd"
+    cipher_name: str = ""
+    kdf_name: str = ""
+    writer: str = ""
+    parent_id: bytes = b"\0" * 8
+    parent_increment: int = 0
+    parent_index_hash: bytes = b"\0" * 32
+    flags: int = 0
+    version: int = FORMAT_VERSION
+
+    def pack(self) -> bytes:
+        fixed = _HEADER.pack(
+            HEADER_MAGIC, self.version, 0, self.flags, self.image_id, self.increment,
+            self.split_part, self.created_ns, self.chunk_size, self.disk_size,
+            self.hash_name.encode(), self.codec_name.encode(), self.cipher_name.encode(),
+            self.kdf_name.encode(), self.writer.encode()[:32], self.parent_id,
+            self.parent_increment, self.parent_index_hash,
+        )
+        body = fixed.ljust(_HEADER_CRC_OFFSET, b"\0")
+        return body + struct.pack("<I", zlib.crc32(body))
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "Header":
+        """Parse and check a header; raises ValueError with the reason."""
+        if len(raw) < HEADER_SIZE:
+            raise ValueError("file is shorter than a header")
+        if raw[:8] != HEADER_MAGIC:
+            raise ValueError("bad magic")
+        (crc,) = struct.unpack_from("<I", raw, _HEADER_CRC_OFFSET)
+        if zlib.crc32(raw[:_HEADER_CRC_OFFSET]) != crc:
+            raise ValueError("header checksum mismatch (damaged header)")
+        (_, version, _, flags, image_id, increment, split_part, created_ns, chunk_size,
+         disk_size, hash_name, codec_name, cipher_name, kdf_name, writer, parent_id,
+         parent_increment, parent_index_hash) = _HEADER.unpack_from(raw)
+        if version != FORMAT_VERSION:
+            raise ValueError(f"format version {version} is not supported (this diskvault reads {FORMAT_VERSION})")
+        return cls(image_id=image_id, increment=increment, split_part=split_part,
+                   created_ns=created_ns, chunk_size=chunk_size, disk_size=disk_size,
+                   hash_name=_name(hash_name), codec_name=_name(codec_name),
+                   cipher_name=_name(cipher_name), kdf_name=_name(kdf_name), writer=_name(writer),
+                   parent_id=parent_id, parent_increment=parent_increment,
+                   parent_index_hash=parent_index_hash, flags=flags, version=version)
+
+
+# Sections, in the order they follow the chunks.
+SECTION_INDEX = 0
+SECTION_EXTENTS = 1
+SECTION_METADATA = 2
+SECTION_COUNT = 4  # one slot reserved
+SECTION_NAMES = {SECTION_INDEX: "index", SECTION_EXTENTS: "extents", SECTION_METADATA: "metadata"}
+
+_SECTION = struct.Struct("<QQQ24s")  # offset, stored_length, raw_length, blake3-192 of stored bytes
+_FOOTER = struct.Struct("<8s8sQQQ")  # magic, image_id, chunk_count, chunk_bytes_stored, chunk_bytes_logical
+_FOOTER_SECTIONS_OFFSET = _FOOTER.size
+_FOOTER_CRC_OFFSET = FOOTER_SIZE - 4
+
+
+@dataclass
+class Section:
+    offset: int = 0
+    stored_length: int = 0
+    raw_length: int = 0
+    digest: bytes = b"\0" * 24
+
+
+@dataclass
+class Footer:
+    """The last 256 bytes of a complete image; written last, so its presence means complete."""
+
+    image_id: bytes
+    chunk_count: int = 0
+    stored_bytes: int = 0
+    logical_bytes: int = 0
+    sections: list[Section] = field(default_factory=lambda: [Section() for _ in range(SECTION_COUNT)])
+
+    def pack(self) -> bytes:
+        out = bytearray(_FOOTER.pack(FOOTER_MAGIC, self.image_id, self.chunk_count,
+                                     self.stored_bytes, self.logical_bytes))
+        for s in self.sections:
+            out += _SECTION.pack(s.offset, s.stored_length, s.raw_length, s.digest)
+        body = bytes(out).ljust(_FOOTER_CRC_OFFSET, b"\0")
+        return body + struct.pack("<I", zlib.crc32(body))
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "Footer":
+        if len(raw) != FOOTER_SIZE or raw[:8] != FOOTER_MAGIC:
+            raise ValueError("no footer")
+        (crc,) = struct.unpack_from("<I", raw, _FOOTER_CRC_OFFSET)
+        if zlib.crc32(raw[:_FOOTER_CRC_OFFSET]) != crc:
+            raise ValueError("footer checksum mismatch (damaged footer)")
+        _, image_id, count, stored, logical = _FOOTER.unpack_from(raw)
+        sections = [Section(*_SECTION.unpack_from(raw, _FOOTER_SECTIONS_OFFSET + i * _SECTION.size))
+                    for i in range(SECTION_COUNT)]
+        return cls(image_id=image_id, chunk_count=count, stored_bytes=stored,
+                   logical_bytes=logical, sections=sections)
+
+
+# Index: one 64-byte record per stored cell, sorted by disk_offset.
+INDEX_DTYPE = np.dtype([
+    ("disk_offset", "<u8"),     # where the cell starts on the disk
+    ("file_offset", "<u8"),     # where its stored bytes start in this file
+    ("length", "<u4"),          # logical bytes (chunk_size, or less for the disk's last cell)
+    ("stored_length", "<u4"),   # bytes in the file (0 for a ZERO cell)
+    ("flags", "<u2"),           # CHUNK_* bits
+    ("codec", "u1"),            # CODEC_* id
+    ("reserved", "u1"),
+    ("reserved2", "<u4"),
+    ("content_hash", "V16"),    # blake3-128 of the logical (uncompressed) bytes
+    ("stored_hash", "V16"),     # blake3-128 of the stored bytes as they are in the file
+])
+assert INDEX_DTYPE.itemsize == 64
+
+CHUNK_ZERO = 1 << 0  # the cell is all zeros: nothing stored (used by children to erase parent data)
+
+CODEC_NONE = 0
+CODEC_ZSTD = 1
+
+# Extents section: sorted, merged (start, length) pairs of used bytes, disk coordinates.
+EXTENTS_DTYPE = np.dtype([("start", "<u8"), ("length", "<u8")])
+
+
+def struct_sizes() -> dict[str, int]:
+    """Sizes of every fixed structure (tests check FORMAT.md against these)."""
+    return {"header_fixed": _HEADER.size, "header": HEADER_SIZE, "footer_fixed": _FOOTER.size,
+            "section": _SECTION.size, "footer": FOOTER_SIZE, "index_record": INDEX_DTYPE.itemsize,
+            "extent_record": EXTENTS_DTYPE.itemsize}
+
+
+def header_fields() -> list[str]:
+    return [f.name for f in fields(Header)]

@@ -1,0 +1,153 @@
+"""Cells and the parallel read -> hash -> compress stage.
+
+A cell is the ``chunk_size`` slice of the disk at a multiple of ``chunk_size``. A cell is read only
+where it holds used bytes (small gaps are read through, then zeroed), so free blocks read as zeros
+and compress to nothing. Workers are threads: os.preadv, blake3 and zstd release the GIL.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from diskvault.format import codec
+
+READ_THROUGH_GAP = 64 << 10  # read a free gap smaller than this instead of seeking over it
+DEFAULT_WORKERS = max(2, (os.cpu_count() or 2) + 1)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def cells_for(extents: np.ndarray, chunk_size: int) -> np.ndarray:
+    """Sorted unique indices of the cells that ``extents`` (merged, disk coordinates) touch."""
+    if len(extents) == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = extents[:, 0].astype(np.int64)
+    ends = starts + extents[:, 1].astype(np.int64)
+    first, last = starts // chunk_size, (ends - 1) // chunk_size
+    counts = last - first + 1
+    offsets = np.repeat(np.cumsum(counts) - counts, counts)
+    cells = np.repeat(first, counts) + (np.arange(int(counts.sum()), dtype=np.int64) - offsets)
+    return np.unique(cells)
+
+
+class CellReader:
+    """Reads cells of a source: used bytes from disk, every other byte zero. Thread-safe."""
+
+    def __init__(self, fd: int, extents: np.ndarray, chunk_size: int, disk_size: int) -> None:
+        self.fd, self.chunk_size, self.disk_size = fd, chunk_size, disk_size
+        self._starts = extents[:, 0].astype(np.int64)
+        self._ends = self._starts + extents[:, 1].astype(np.int64)
+        self._local = threading.local()
+        self._zeros = bytes(chunk_size)
+
+    def _buffer(self) -> memoryview:
+        buf = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = memoryview(bytearray(self.chunk_size))
+        return buf
+
+    def cell_range(self, cell: int) -> tuple[int, int]:
+        start = cell * self.chunk_size
+        return start, min(start + self.chunk_size, self.disk_size)
+
+    def used_in(self, start: int, end: int) -> list[tuple[int, int]]:
+        """Used (start, end) pairs within [start, end), relative to ``start``."""
+        i0 = int(np.searchsorted(self._ends, start, side="right"))
+        i1 = int(np.searchsorted(self._starts, end, side="left"))
+        return [(max(int(s), start) - start, min(int(e), end) - start)
+                for s, e in zip(self._starts[i0:i1], self._ends[i0:i1])]
+
+    def read(self, cell: int) -> tuple[memoryview, int]:
+        """(cell bytes, bytes read from the source). The view is valid until this thread's next read."""
+        start, end = self.cell_range(cell)
+        length = end - start
+        buf = self._buffer()
+        used = self.used_in(start, end)
+        spans: list[list[int]] = []
+        for a, b in used:
+            if spans and a - spans[-1][1] < READ_THROUGH_GAP:
+                spans[-1][1] = b
+            else:
+                spans.append([a, b])
+        read = 0
+        for a, b in spans:
+            n = _pread_full(self.fd, buf[a:b], start + a)
+            read += n
+            if n < b - a:
+                buf[a + n:b] = self._zeros[:b - a - n]
+        # zero what is not used: gaps read through and space outside every span
+        pos = 0
+        for a, b in used:
+            if a > pos:
+                buf[pos:a] = self._zeros[:a - pos]
+            pos = b
+        if pos < length:
+            buf[pos:length] = self._zeros[:length - pos]
+        return buf[:length], read
+
+
+def _pread_full(fd: int, view: memoryview, offset: int) -> int:
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            break
+        done += n
+    return done
+
+
+@dataclass
+class EncodedCell:
+    cell: int
+    disk_offset: int
+    length: int
+    bytes_read: int
+    content_hash: bytes
+    codec_id: int = 0
+    stored: bytes = b""
+    zero: bool = False
+
+
+class CellEncoder:
+    """Worker job: read a cell, hash it, skip it when all zero, else compress it."""
+
+    def __init__(self, reader: CellReader, level: str) -> None:
+        self.reader, self.level = reader, level
+        self._zero_hash = {n: codec.content_hash(bytes(n)) for n in {reader.chunk_size,
+                                                                   reader.disk_size % reader.chunk_size} if n}
+
+    def __call__(self, cell: int) -> EncodedCell:
+        data, nread = self.reader.read(cell)
+        start = cell * self.reader.chunk_size
+        digest = codec.content_hash(data)
+        if digest == self._zero_hash.get(len(data)):
+            return EncodedCell(cell, start, len(data), nread, digest, zero=True)
+        codec_id, stored = codec.compress(data, self.level)
+        return EncodedCell(cell, start, len(data), nread, digest, codec_id, stored)
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = DEFAULT_WORKERS,
+                window: int | None = None) -> Iterator[R]:
+    """``map`` on a thread pool, results in input order, at most ``window`` jobs in flight."""
+    window = window or workers * 3
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dv-worker") as pool:
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
