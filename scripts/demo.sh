@@ -54,10 +54,12 @@ run diskvault restore "$image" "$work/restored.img" --yes
 echo "apparent size $(stat -c %s "$work/restored.img") bytes, on disk $(du -k "$work/restored.img" | cut -f1) KiB (free space left as holes)"
 
 step "Checking the restored disk"
-run sfdisk --dump "$work/restored.img" | tail -n +2 > "$work/restored.table"
-sfdisk --dump "$disk" | tail -n +2 > "$work/source.table"
-diff <(sed 's/restored.img/X/' "$work/restored.table") <(sed 's/disk.img/X/' "$work/source.table") \
-    && echo "partition table identical"
+sfdisk --dump "$disk" | sed "s#$disk#DISK#" > "$work/source.table"
+sfdisk --dump "$work/restored.img" | sed "s#$work/restored.img#DISK#" > "$work/restored.table"
+diff "$work/source.table" "$work/restored.table"
+cmp <(head -c $((34 * 512)) "$disk") <(head -c $((34 * 512)) "$work/restored.img")
+cmp <(tail -c $((33 * 512)) "$disk") <(tail -c $((33 * 512)) "$work/restored.img")
+echo "partition table identical (protective MBR, primary and backup GPT, byte for byte)"
 loop=$(losetup -f --show -r -o $((2048 * 512)) --sizelimit $((131072 * 512)) "$work/restored.img")
 loops+=("$loop")
 run e2fsck -fn "$loop"
