@@ -8,7 +8,7 @@ cache dropped before each timed step, so the numbers are comparable with each ot
 
     python bench/bench_image.py [--size-gib 2.5] [--workdir /var/tmp/dvbench] [--keep] [--rebuild]
 
-Needs root (loop devices, mount, drop_caches), partclone, qemu-img, zstd, sfdisk, e2fsprogs and tar;
+Needs root (loop devices, mount, drop_caches), partclone, qemu-img, zstd, sfdisk, e2fsprogs, tar, diff;
 ``make bench`` installs them. diskvault runs as ``sys.executable -m diskvault`` with this repository's
 ``src`` on PYTHONPATH, so run this script with the Python that has diskvault's dependencies.
 
@@ -65,7 +65,7 @@ def log(msg: str) -> None:
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     """Untimed helper command; its output is captured and shown only if it fails."""
-    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, **kw)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}")
     return proc
@@ -123,7 +123,8 @@ def fs_usage(dev: str) -> dict:
     """Used bytes and inodes of an ext4 filesystem, as counted by its superblock (what partclone and
     diskvault copy: data plus metadata)."""
     out = run(["dumpe2fs", "-h", dev]).stdout
-    field = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in out.splitlines() if ":" in line)}
+    pairs = (line.split(":", 1) for line in out.splitlines() if ":" in line)
+    field = {k.strip(): v.strip() for k, v in pairs}
     block = int(field["Block size"])
     return {"used_bytes": (int(field["Block count"]) - int(field["Free blocks"])) * block,
             "used_inodes": int(field["Inode count"]) - int(field["Free inodes"])}
@@ -134,8 +135,7 @@ def write_random(path: Path, offset: int, length: int) -> None:
     chunk = 4 << 20
     with open(path, "r+b" if path.exists() else "wb") as f:
         f.seek(offset)
-        for done in range(0, length, chunk):
-            f.write(os.urandom(min(chunk, length - done)))
+        f.writelines(os.urandom(min(chunk, length - done)) for done in range(0, length, chunk))
 
 
 def pick_system_files(budget: int) -> list[str]:
@@ -167,7 +167,8 @@ def copy_files(paths: list[str], dest: Path, listfile: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     pack = subprocess.Popen(["tar", "-C", "/", "--null", "--no-recursion", "-T", str(listfile), "-cf", "-"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    unpack = subprocess.run(["tar", "-C", str(dest), "-xpf", "-"], stdin=pack.stdout, capture_output=True)
+    unpack = subprocess.run(["tar", "-C", str(dest), "-xpf", "-"], check=False, stdin=pack.stdout,
+                            capture_output=True)
     pack.stdout.close()
     # tar exits 1 when a file changed while it was read: harmless for test data
     if pack.wait() not in (0, 1) or unpack.returncode != 0:
@@ -228,11 +229,13 @@ def ensure_disk(workdir: Path, size: int, rebuild: bool) -> tuple[Path, dict]:
     scratch = workdir / "build"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
+    started = time.monotonic()
     try:
         facts = build_disk(disk, size, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     marker.write_text(json.dumps(facts, indent=2) + "\n")
+    log(f"test disk built in {time.monotonic() - started:.0f} s: {facts['used_bytes'] / MB:.0f} MB used")
     return disk, facts
 
 
@@ -241,7 +244,6 @@ def ensure_disk(workdir: Path, size: int, rebuild: bool) -> tuple[Path, dict]:
 @dataclass
 class Step:
     name: str
-    command: str
     seconds: float
     peak_rss: int  # bytes
     output_bytes: int | None = None
@@ -266,7 +268,8 @@ def timed(name: str, stages: list[list[str]], logdir: Path, stdin: Path | None =
     log(f"running {name}")
     procs: list[subprocess.Popen] = []
     with ExitStack() as files:
-        errlog = files.enter_context(open(logdir / f"{re.sub(r'[^a-z0-9]+', '-', name.lower())}.log", "wb"))
+        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+        errlog = files.enter_context(open(logdir / f"{slug}.log", "wb"))
         sink = files.enter_context(open(stdout, "wb")) if stdout else subprocess.PIPE
         source = files.enter_context(open(stdin, "rb")) if stdin else subprocess.DEVNULL
         started = time.monotonic()
@@ -291,8 +294,7 @@ def timed(name: str, stages: list[list[str]], logdir: Path, stdin: Path | None =
         seconds = time.monotonic() - started
     if failed:
         raise RuntimeError(f"{name} failed ({', '.join(failed)}); see {errlog.name}")
-    text = " | ".join(" ".join(c) for c in stages)
-    return Step(name, text, seconds, peak, stdout.stat().st_size if stdout else None, out)
+    return Step(name, seconds, peak, stdout.stat().st_size if stdout else None, out)
 
 
 def diskvault(*args: str) -> list[str]:
@@ -309,7 +311,8 @@ def diskvault_env() -> dict:
 def image_with_diskvault(name: str, disk: Path, dest: Path, logdir: Path, verify: bool) -> Step:
     dest.mkdir()
     flags = ["--json"] + ([] if verify else ["--no-verify"])
-    step = timed(name, [diskvault("image", str(disk), "--to", str(dest), *flags)], logdir, env=diskvault_env())
+    command = diskvault("image", str(disk), "--to", str(dest), *flags)
+    step = timed(name, [command], logdir, env=diskvault_env())
     image = Path(json.loads(step.stdout)["image"])
     step.output_bytes = image.stat().st_size
     step.stdout = str(image)
@@ -322,11 +325,12 @@ def run_steps(disk: Path, part: Partition, run_dir: Path) -> dict[str, Step]:
     logdir.mkdir()
     env = diskvault_env()
     steps: dict[str, Step] = {}
-    steps["dv_image"] = image_with_diskvault("diskvault image --no-verify", disk, run_dir / "dv", logdir, False)
+    steps["dv_image"] = image_with_diskvault("diskvault image --no-verify", disk, run_dir / "dv", logdir,
+                                             verify=False)
     image = steps["dv_image"].stdout
     steps["dv_verify"] = timed("diskvault verify", [diskvault("verify", image)], logdir, env=env)
-    steps["dv_image_verified"] = image_with_diskvault("diskvault image (verify on)", disk, run_dir / "dv-verified",
-                                                      logdir, True)
+    steps["dv_image_verified"] = image_with_diskvault("diskvault image (verify on)", disk,
+                                                      run_dir / "dv-verified", logdir, verify=True)
     pc_image = run_dir / "part.pc.zst"
     with loop_device(disk, part.offset, part.size) as dev:
         steps["pc_image"] = timed("partclone.ext4 -c | zstd -T2 -3", [
@@ -364,7 +368,7 @@ def check_restores(disk: Path, part: Partition, run_dir: Path) -> list[str]:
         old_mnt = stack.enter_context(mounted(old, run_dir / "mnt-original", read_only=True))
         new_mnt = stack.enter_context(mounted(new, run_dir / "mnt-restored", read_only=True))
         diff = subprocess.run(["diff", "-r", "-q", "--no-dereference", str(old_mnt), str(new_mnt)],
-                              capture_output=True, text=True)
+                              check=False, capture_output=True, text=True)
         if diff.returncode != 0:
             raise RuntimeError(f"restored files differ from the original:\n{diff.stdout[:2000]}{diff.stderr}")
     run(["e2fsck", "-fn", str(pc_restored)])
@@ -374,28 +378,39 @@ def check_restores(disk: Path, part: Partition, run_dir: Path) -> list[str]:
 
 # ---------------------------------------------------------------- report
 
+def proc_field(path: str, key: str) -> str | None:
+    """First ``key: value`` line of a /proc file."""
+    with open(path) as f:
+        return next((line.split(":", 1)[1].strip() for line in f if line.startswith(key)), None)
+
+
+def version(cmd: list[str], **kw) -> str:
+    """The first x.y.z in a tool's version output (partclone and zstd decorate theirs)."""
+    out = run(cmd, **kw)
+    found = re.search(r"\d+\.\d+(\.\d+)?", out.stdout + out.stderr)
+    return found.group(0) if found else "?"
+
+
 def machine_facts(disk: Path, facts: dict, workdir: Path) -> list[tuple[str, str]]:
-    mem = next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal"))
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.machine())
+    mem_kib = int(proc_field("/proc/meminfo", "MemTotal").split()[0])
     fstype = run(["df", "--output=fstype", str(workdir)]).stdout.split()[-1]
-    versions = {
-        "diskvault": run(diskvault("--version"), env=diskvault_env()).stdout.strip(),
-        "partclone": run(["partclone.ext4", "-v"]).stdout.strip().splitlines()[0],
-        "zstd": run(["zstd", "-V"]).stdout.strip(),
-        "qemu-img": run(["qemu-img", "--version"]).stdout.splitlines()[0],
+    tools = {
+        "diskvault": version(diskvault("--version"), env=diskvault_env()),
+        "partclone": version(["partclone.ext4", "-v"]),
+        "zstd": version(["zstd", "-V"]),
+        "qemu-img": version(["qemu-img", "--version"]),
     }
     return [
         ("date", time.strftime("%Y-%m-%d %H:%M:%S %Z")),
-        ("cpu", f"{os.cpu_count()} x {cpu}"),
-        ("memory", f"{int(mem) / 2**20:.1f} GiB"),
+        ("cpu", f"{os.cpu_count()} x {proc_field('/proc/cpuinfo', 'model name') or platform.machine()}"),
+        ("memory", f"{mem_kib / 2**20:.1f} GiB"),
         ("kernel", platform.release()),
         ("python", platform.python_version()),
         ("workdir", f"{workdir} ({fstype})"),
-        ("disk", f"{disk.stat().st_size / 2**30:.2f} GiB GPT disk image, one ext4 partition"),
-        ("used", f"{facts['used_bytes'] / MB:.0f} MB in {facts['used_inodes']} inodes "
-                 "(system files, deleted files' garbage and random bytes in free space, incompressible files)"),
-        ("tools", "; ".join(versions.values())),
+        ("disk", f"{disk.stat().st_size / 2**30:.2f} GiB GPT disk image, one ext4 partition filling it"),
+        ("used", (f"{facts['used_bytes'] / MB:.0f} MB in {facts['used_inodes']} inodes: system files "
+                  "from /usr and incompressible files; free space holds deleted files and random garbage")),
+        ("tools", ", ".join(f"{name} {v}" for name, v in tools.items())),
     ]
 
 
@@ -408,13 +423,15 @@ def table(steps: dict[str, Step], used: int) -> str:
     baseline = {"dv_image": "pc_image", "dv_image_verified": "pc_image", "dv_verify": None,
                 "pc_image": "pc_image", "qemu_image": "pc_image",
                 "dv_restore": "pc_restore", "pc_restore": "pc_restore"}
-    rows = ["| step | time s | used MB/s | output MB | peak RSS MB | speed vs partclone | size vs partclone |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    header = ["step", "time s", "used MB/s", "output MB", "peak RSS MB", "speed vs partclone",
+              "size vs partclone"]
+    rows = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
     for key, base in baseline.items():
         s = steps[key]
         ref = steps[base] if base else None
         size = f"{s.output_bytes / MB:.0f}" if s.output_bytes is not None else "-"
-        rows.append(f"| `{s.name}` | {s.seconds:.2f} | {used / MB / s.seconds:.0f} | {size} | "
+        cell = s.name.replace("|", "\\|")  # a bare | would split the markdown cell
+        rows.append(f"| `{cell}` | {s.seconds:.2f} | {used / MB / s.seconds:.0f} | {size} | "
                     f"{s.peak_rss / MB:.0f} | {ratio(ref and ref.seconds, s.seconds)} | "
                     f"{ratio(s.output_bytes, ref and ref.output_bytes)} |")
     return "\n".join(rows)
@@ -429,27 +446,27 @@ def verdicts(steps: dict[str, Step]) -> list[str]:
     restore_speedup = steps["pc_restore"].seconds / steps["dv_restore"].seconds
     dv_size, pc_size = steps["dv_image"].output_bytes, steps["pc_image"].output_bytes
     return [
-        f"{mark(image_speedup >= TARGET_IMAGE_SPEEDUP)} image speed: diskvault image --no-verify is "
-        f"{image_speedup:.2f}x partclone|zstd (target >= {TARGET_IMAGE_SPEEDUP}x)",
-        f"{mark(dv_size <= pc_size)} image size: diskvault {dv_size / MB:.0f} MB vs partclone|zstd "
-        f"{pc_size / MB:.0f} MB (target: no larger)",
-        f"{mark(restore_speedup >= TARGET_RESTORE_SPEEDUP)} restore speed: diskvault restore is "
-        f"{restore_speedup:.2f}x partclone restore (target >= {TARGET_RESTORE_SPEEDUP}x)",
+        (f"{mark(image_speedup >= TARGET_IMAGE_SPEEDUP)} image speed: diskvault image --no-verify is "
+         f"{image_speedup:.2f}x partclone|zstd (target >= {TARGET_IMAGE_SPEEDUP}x)"),
+        (f"{mark(dv_size <= pc_size)} image size: diskvault {dv_size / MB:.0f} MB vs partclone|zstd "
+         f"{pc_size / MB:.0f} MB (target: no larger)"),
+        (f"{mark(restore_speedup >= TARGET_RESTORE_SPEEDUP)} restore speed: diskvault restore is "
+         f"{restore_speedup:.2f}x partclone restore (target >= {TARGET_RESTORE_SPEEDUP}x)"),
     ]
 
 
 NOTES = [
     "Times run from a cold page cache until the output is on disk (each step ends with `sync`).",
-    "used MB/s = bytes used by the filesystem (data + metadata, as partclone counts them) / time, "
-    "for every row, so rows compare directly. MB = 10^6 bytes.",
-    "speed vs partclone = partclone time / this time (higher is faster); size vs partclone = this "
-    "size / partclone's. Image rows compare with `partclone.ext4 -c | zstd -T2 -3`, restore rows with "
-    "`zstd -dc | partclone.ext4 -r`.",
+    ("used MB/s = bytes used by the filesystem (data + metadata, as partclone counts them) / time, "
+     "for every row, so rows compare directly. MB = 10^6 bytes."),
+    ("speed vs partclone = partclone time / this time (higher is faster); size vs partclone = this "
+     "size / partclone's. Image rows compare with `partclone.ext4 -c | zstd -T2 -3`, restore rows with "
+     "`zstd -dc | partclone.ext4 -r`."),
     "Peak RSS comes from wait4; for a pipeline it is the sum of its processes' peaks.",
-    "diskvault images and restores the whole disk (partition table + partition); partclone only the "
-    "partition; qemu-img copies every non-zero cluster, free-space garbage included.",
-    "diskvault restore writes a new image file; partclone restores into a sparse file of the "
-    "partition's size (`-O`). Both targets are regular files on the workdir's filesystem.",
+    ("diskvault images and restores the whole disk (partition table + partition); partclone only the "
+     "partition; qemu-img copies every non-zero cluster, free-space garbage included."),
+    ("diskvault restore writes a new image file; partclone restores into a sparse file of the "
+     "partition's size (`-O`). Both targets are regular files on the workdir's filesystem."),
     CACHE_NOTE,
 ]
 
@@ -467,7 +484,7 @@ def update_docs(section: str) -> None:
     intro = ("# Benchmarks\n\nMeasurements of diskvault against the tools it replaces. Each section is "
              "written by the script named in it; rerun the script rather than editing numbers by hand.\n")
     text = DOCS_FILE.read_text() if DOCS_FILE.exists() else intro
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
     if pattern.search(text):
         text = pattern.sub(lambda _: section + "\n", text, count=1)
     else:
@@ -484,7 +501,8 @@ def preflight(workdir: Path) -> None:
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
         sys.exit(f"missing tools: {', '.join(missing)} (run scripts/install-system-deps.sh --bench)")
-    probe = subprocess.run(diskvault("--version"), capture_output=True, text=True, env=diskvault_env())
+    probe = subprocess.run(diskvault("--version"), check=False, capture_output=True, text=True,
+                           env=diskvault_env())
     if probe.returncode != 0:
         sys.exit(f"{sys.executable} cannot run diskvault (use the venv's Python):\n{probe.stderr}")
     workdir.mkdir(parents=True, exist_ok=True)

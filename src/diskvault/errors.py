@@ -57,6 +57,18 @@ class IntegrityError(DiskvaultError):
     exit_code = EXIT_FAILURE
 
 
+class WrongPasswordError(DiskvaultError):
+    """wrong password for {}"""
+
+    exit_code = EXIT_USAGE
+
+
+class MissingChainMemberError(DiskvaultError):
+    """{}"""
+
+    exit_code = EXIT_FAILURE
+
+
 class TargetError(DiskvaultError):
     """refusing target {}: {}"""
 

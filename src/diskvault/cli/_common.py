@@ -67,3 +67,14 @@ def tty_confirm(yes: bool) -> Callable[[str], bool] | None:
         return False
 
     return refuse
+
+
+def password_options(password_file: str | None, password_env: str | None, confirm: bool = False):
+    """The password source for --password-file / --password-env, or a prompt when asked for."""
+    from diskvault.crypto.keys import password_source
+
+    return password_source(password_file, password_env, confirm)
+
+
+PASSWORD_FILE = typer.Option(None, "--password-file", help="Read the password from the first line of this file.")
+PASSWORD_ENV = typer.Option(None, "--password-env", help="Read the password from this environment variable.")

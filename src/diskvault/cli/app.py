@@ -10,6 +10,7 @@ from diskvault import __version__
 from diskvault.cli.disks_cmd import disks
 from diskvault.cli.image_cmd import image
 from diskvault.cli.info_cmd import info
+from diskvault.cli.merge_cmd import merge
 from diskvault.cli.restore_cmd import restore
 from diskvault.cli.verify_cmd import verify
 
@@ -32,7 +33,7 @@ def root(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="diskvault: %(message)s")
 
 
-for command in (disks, image, info, verify, restore):
+for command in (disks, image, info, verify, restore, merge):
     app.command()(command)
 
 

@@ -6,8 +6,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from diskvault.cli._common import EXIT_STATUS_HELP, handle_errors, print_json
-from diskvault.imaging.inspect import describe_image
+from rich.tree import Tree
+
+from diskvault.cli._common import (EXIT_STATUS_HELP, PASSWORD_ENV, PASSWORD_FILE, handle_errors,
+                                   password_options, print_json)
+from diskvault.imaging.inspect import describe_image, describe_set
 from diskvault.units import human_size
 
 
@@ -39,23 +42,51 @@ def print_notes(c: Console, parts: list[dict]) -> None:
             c.print(f"partition {p['number']}: {p['note']}", highlight=False)
 
 
+def set_tree(members: list[dict]) -> Tree:
+    """Full at the root, each image under its parent."""
+    by_parent: dict = {}
+    for m in members:
+        by_parent.setdefault(m["parent"], []).append(m)
+    tree = Tree(f"backup set {members[0]['image'][:16]}" if members else "empty set")
+
+    def add(node: Tree, parent) -> None:
+        for m in by_parent.get(parent, []):
+            add(node.add(f"{m['image']}  {m['type']:4}  {m['created']}  {human_size(m['size'])}"), m["increment"])
+
+    add(tree, None)
+    return tree
+
+
 @handle_errors
 def info(
     image: str = typer.Argument(..., help="Image file."),
+    chain: bool = typer.Option(False, "--chain", help="Show the image's backup set as a tree."),
+    password_file: str = PASSWORD_FILE,
+    password_env: str = PASSWORD_ENV,
     json_out: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """Show what an image holds: disk, partitions, filesystems, used and stored sizes, date, id."""
-    d = describe_image(image)
+    if chain:
+        members = describe_set(image)
+        if json_out:
+            print_json(members)
+        else:
+            console().print(set_tree(members))
+        return
+    d = describe_image(image, password_options(password_file, password_env))
     if json_out:
         print_json(d)
         return
     c = console()
-    c.print(f"image      {d['image']}\nimage id   {d['image_id']}  (increment {d['increment']})\n"
-                  f"created    {d['created']} on {d['host']} by {d['writer']}\n"
-                  f"source     {d['source']['path']} ({human_size(d['disk_size'])}, {d['table']} "
-                  f"{d['disk_id']})\n"
-                  f"stored     {human_size(d['stored_bytes'])} of {human_size(d['used_bytes'])} imaged "
-                  f"({d['chunks']} chunks, {d['compression']} compression)", highlight=False)
+    extras = [d["type"], f"increment {d['increment']}"] + (["encrypted"] if d["encrypted"] else []) + \
+        ([f"{len(d['parts'])} parts"] if len(d["parts"]) > 1 else [])
+    c.print(f"image      {d['image']}\n"
+            f"image id   {d['image_id']}  ({', '.join(extras)})\n"
+            f"chain      {' <- '.join(reversed(d['chain']))}\n"
+            f"created    {d['created']} on {d['host']} by {d['writer']}\n"
+            f"source     {d['source']['path']} ({human_size(d['disk_size'])}, {d['table']} {d['disk_id']})\n"
+            f"stored     {human_size(d['stored_bytes'])} in this image; {human_size(d['used_bytes'])} imaged "
+            f"({d['chunks']} chunks, {d['compression']} compression)", highlight=False)
     c.print(partition_table(d["partitions"], "partitions", stored=True))
     print_notes(c, d["partitions"])
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from diskvault.cli._common import EXIT_STATUS_HELP, handle_errors, print_json
+from diskvault.cli._common import (EXIT_STATUS_HELP, PASSWORD_ENV, PASSWORD_FILE, handle_errors,
+                                   password_options, print_json)
 from diskvault.imaging.verify import verify_image
 from diskvault.ui.progress import for_terminal
 from diskvault.units import human_size
@@ -12,11 +13,13 @@ from diskvault.units import human_size
 
 @handle_errors
 def verify(
-    image: str = typer.Argument(..., help="Image file."),
+    image: str = typer.Argument(..., help="Image file (any part; parents are read too)."),
+    password_file: str = PASSWORD_FILE,
+    password_env: str = PASSWORD_ENV,
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Re-read every chunk of an image and check every checksum."""
-    result = verify_image(image, for_terminal(json_out))
+    result = verify_image(image, for_terminal(json_out), password_options(password_file, password_env))
     if json_out:
         print_json(result.to_dict())
     else:

@@ -21,8 +21,11 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 
 FLAG_ENCRYPTED = 1 << 0
 
+TYPE_FULL, TYPE_DIFF, TYPE_INC = 0, 1, 2
+TYPE_NAMES = {TYPE_FULL: "full", TYPE_DIFF: "diff", TYPE_INC: "inc"}
+
 # Header: the fixed part; the rest of the 4096 bytes up to the CRC is zero (reserved).
-_HEADER = struct.Struct("<8sHHI8sHHQIQ16s16s16s16s32s8sH32s")
+_HEADER = struct.Struct("<8sHHI8sHHQIQ16s16s16s16s32s8sH32s32sIII32sB")
 _HEADER_CRC_OFFSET = HEADER_SIZE - 4
 
 
@@ -47,9 +50,23 @@ class Header:
     writer: str = ""
     parent_id: bytes = b"\0" * 8
     parent_increment: int = 0
-    parent_index_hash: bytes = b"\0" * 32
+    parent_state_hash: bytes = b"\0" * 32
+    kdf_salt: bytes = b"\0" * 32
+    kdf_time: int = 0
+    kdf_memory_kib: int = 0
+    kdf_parallelism: int = 0
+    key_check: bytes = b"\0" * 32
+    image_type: int = TYPE_FULL
     flags: int = 0
     version: int = FORMAT_VERSION
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.flags & FLAG_ENCRYPTED)
+
+    @property
+    def has_parent(self) -> bool:
+        return self.image_type != TYPE_FULL
 
     def pack(self) -> bytes:
         fixed = _HEADER.pack(
@@ -57,7 +74,8 @@ class Header:
             self.split_part, self.created_ns, self.chunk_size, self.disk_size,
             self.hash_name.encode(), self.codec_name.encode(), self.cipher_name.encode(),
             self.kdf_name.encode(), self.writer.encode()[:32], self.parent_id,
-            self.parent_increment, self.parent_index_hash,
+            self.parent_increment, self.parent_state_hash, self.kdf_salt, self.kdf_time,
+            self.kdf_memory_kib, self.kdf_parallelism, self.key_check, self.image_type,
         )
         body = fixed.ljust(_HEADER_CRC_OFFSET, b"\0")
         return body + struct.pack("<I", zlib.crc32(body))
@@ -74,7 +92,8 @@ class Header:
             raise ValueError("header checksum mismatch (damaged header)")
         (_, version, _, flags, image_id, increment, split_part, created_ns, chunk_size,
          disk_size, hash_name, codec_name, cipher_name, kdf_name, writer, parent_id,
-         parent_increment, parent_index_hash) = _HEADER.unpack_from(raw)
+         parent_increment, parent_state_hash, kdf_salt, kdf_time, kdf_memory_kib, kdf_parallelism,
+         key_check, image_type) = _HEADER.unpack_from(raw)
         if version != FORMAT_VERSION:
             raise ValueError(f"format version {version} is not supported (this diskvault reads {FORMAT_VERSION})")
         return cls(image_id=image_id, increment=increment, split_part=split_part,
@@ -82,19 +101,23 @@ class Header:
                    hash_name=_name(hash_name), codec_name=_name(codec_name),
                    cipher_name=_name(cipher_name), kdf_name=_name(kdf_name), writer=_name(writer),
                    parent_id=parent_id, parent_increment=parent_increment,
-                   parent_index_hash=parent_index_hash, flags=flags, version=version)
+                   parent_state_hash=parent_state_hash, kdf_salt=kdf_salt, kdf_time=kdf_time,
+                   kdf_memory_kib=kdf_memory_kib, kdf_parallelism=kdf_parallelism, key_check=key_check,
+                   image_type=image_type, flags=flags, version=version)
 
 
 # Sections, in the order they follow the chunks.
 SECTION_INDEX = 0
 SECTION_EXTENTS = 1
 SECTION_METADATA = 2
-SECTION_COUNT = 4  # one slot reserved
+SECTION_COUNT = 3
 SECTION_NAMES = {SECTION_INDEX: "index", SECTION_EXTENTS: "extents", SECTION_METADATA: "metadata"}
 
 _SECTION = struct.Struct("<QQQ24s")  # offset, stored_length, raw_length, blake3-192 of stored bytes
 _FOOTER = struct.Struct("<8s8sQQQ")  # magic, image_id, chunk_count, chunk_bytes_stored, chunk_bytes_logical
 _FOOTER_SECTIONS_OFFSET = _FOOTER.size
+_FOOTER_TAIL = struct.Struct("<32sIH")  # state_hash, part_count, increment
+_FOOTER_TAIL_OFFSET = _FOOTER_SECTIONS_OFFSET + SECTION_COUNT * _SECTION.size
 _FOOTER_CRC_OFFSET = FOOTER_SIZE - 4
 
 
@@ -115,12 +138,16 @@ class Footer:
     stored_bytes: int = 0
     logical_bytes: int = 0
     sections: list[Section] = field(default_factory=lambda: [Section() for _ in range(SECTION_COUNT)])
+    state_hash: bytes = b"\0" * 32  # hash of the disk state this image gives (see FORMAT.md)
+    part_count: int = 1
+    increment: int = 0
 
     def pack(self) -> bytes:
         out = bytearray(_FOOTER.pack(FOOTER_MAGIC, self.image_id, self.chunk_count,
                                      self.stored_bytes, self.logical_bytes))
         for s in self.sections:
             out += _SECTION.pack(s.offset, s.stored_length, s.raw_length, s.digest)
+        out += _FOOTER_TAIL.pack(self.state_hash, self.part_count, self.increment)
         body = bytes(out).ljust(_FOOTER_CRC_OFFSET, b"\0")
         return body + struct.pack("<I", zlib.crc32(body))
 
@@ -134,8 +161,9 @@ class Footer:
         _, image_id, count, stored, logical = _FOOTER.unpack_from(raw)
         sections = [Section(*_SECTION.unpack_from(raw, _FOOTER_SECTIONS_OFFSET + i * _SECTION.size))
                     for i in range(SECTION_COUNT)]
-        return cls(image_id=image_id, chunk_count=count, stored_bytes=stored,
-                   logical_bytes=logical, sections=sections)
+        state_hash, part_count, increment = _FOOTER_TAIL.unpack_from(raw, _FOOTER_TAIL_OFFSET)
+        return cls(image_id=image_id, chunk_count=count, stored_bytes=stored, logical_bytes=logical,
+                   sections=sections, state_hash=state_hash, part_count=part_count, increment=increment)
 
 
 # Index: one 64-byte record per stored cell, sorted by disk_offset.
@@ -147,7 +175,7 @@ INDEX_DTYPE = np.dtype([
     ("flags", "<u2"),           # CHUNK_* bits
     ("codec", "u1"),            # CODEC_* id
     ("reserved", "u1"),
-    ("reserved2", "<u4"),
+    ("part", "<u4"),            # split part (SS) whose file holds the stored bytes
     ("content_hash", "V16"),    # blake3-128 of the logical (uncompressed) bytes
     ("stored_hash", "V16"),     # blake3-128 of the stored bytes as they are in the file
 ])
@@ -165,6 +193,7 @@ EXTENTS_DTYPE = np.dtype([("start", "<u8"), ("length", "<u8")])
 def struct_sizes() -> dict[str, int]:
     """Sizes of every fixed structure (tests check FORMAT.md against these)."""
     return {"header_fixed": _HEADER.size, "header": HEADER_SIZE, "footer_fixed": _FOOTER.size,
+            "footer_used": _FOOTER_TAIL_OFFSET + _FOOTER_TAIL.size,
             "section": _SECTION.size, "footer": FOOTER_SIZE, "index_record": INDEX_DTYPE.itemsize,
             "extent_record": EXTENTS_DTYPE.itemsize}
 

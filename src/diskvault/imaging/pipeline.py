@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from diskvault.crypto.aead import Sealer
 from diskvault.format import codec
 
 READ_THROUGH_GAP = 64 << 10  # read a free gap smaller than this instead of seeking over it
@@ -112,27 +113,45 @@ class EncodedCell:
     length: int
     bytes_read: int
     content_hash: bytes
+    all_zero: bool = False
+    in_parent: bool = False  # the parent state has data for this cell
     codec_id: int = 0
-    stored: bytes = b""
-    zero: bool = False
+    stored: bytes = b""  # set when the cell must be stored: not zero, and changed since the parent
 
 
 class CellEncoder:
-    """Worker job: read a cell, hash it, skip it when all zero, else compress it."""
+    """Worker job: read a cell once, hash it, and compress (and encrypt) it only when it must be
+    stored: not all-zero, and different from what the parent state holds for that cell.
 
-    def __init__(self, reader: CellReader, level: str) -> None:
-        self.reader, self.level = reader, level
-        self._zero_hash = {n: codec.content_hash(bytes(n)) for n in {reader.chunk_size,
-                                                                   reader.disk_size % reader.chunk_size} if n}
+    ``parent`` is (sorted cell offsets, content hashes) of the parent state; empty for a Full. A
+    change-tracking source (btrfs generations, dm-era) can pass fewer cells to the same path."""
+
+    def __init__(self, reader: CellReader, level: str, hash_key: bytes | None = None,
+                 sealer: Sealer | None = None, parent: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        self.reader, self.level, self.hash_key, self.sealer = reader, level, hash_key, sealer
+        self._parent_offsets, self._parent_hashes = parent if parent else (np.zeros(0, np.int64), None)
+        sizes = {reader.chunk_size, reader.disk_size % reader.chunk_size} - {0}
+        self._zero_hash = {n: codec.content_hash(bytes(n), hash_key) for n in sizes}
+
+    def _parent_hash(self, disk_offset: int) -> bytes | None:
+        i = int(np.searchsorted(self._parent_offsets, disk_offset))
+        if i < len(self._parent_offsets) and self._parent_offsets[i] == disk_offset:
+            return bytes(self._parent_hashes[i])
+        return None
 
     def __call__(self, cell: int) -> EncodedCell:
         data, nread = self.reader.read(cell)
         start = cell * self.reader.chunk_size
-        digest = codec.content_hash(data)
-        if digest == self._zero_hash.get(len(data)):
-            return EncodedCell(cell, start, len(data), nread, digest, zero=True)
-        codec_id, stored = codec.compress(data, self.level)
-        return EncodedCell(cell, start, len(data), nread, digest, codec_id, stored)
+        digest = codec.content_hash(data, self.hash_key)
+        before = self._parent_hash(start)
+        out = EncodedCell(cell, start, len(data), nread, digest, all_zero=digest == self._zero_hash.get(len(data)),
+                          in_parent=before is not None)
+        if out.all_zero or digest == before:
+            return out
+        out.codec_id, out.stored = codec.compress(data, self.level)
+        if self.sealer:
+            out.stored = self.sealer.seal(out.stored, self.sealer.chunk_aad(start, len(data), out.codec_id))
+        return out
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = DEFAULT_WORKERS,

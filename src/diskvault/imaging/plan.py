@@ -61,7 +61,8 @@ def probe_filesystem(source: Source, start: int, size: int) -> tuple[FsInfo | No
     return info, used, info.note
 
 
-def make_plan(source: Source, partitions: list[int] | None = None) -> ImagePlan:
+def make_plan(source: Source, partitions: list[int] | None = None, forensic: bool = False) -> ImagePlan:
+    """What to image. ``forensic``: every sector of the chosen partitions (zero cells still skipped)."""
     table = read_partition_table(Window(source.fd, 0, source.size), source.size, source.sector_size)
     data_parts = table.data_partitions()
     if table.kind == "none":
@@ -78,6 +79,8 @@ def make_plan(source: Source, partitions: list[int] | None = None) -> ImagePlan:
             plan.partitions.append(PartitionPlan(part, None, "skipped", ext.EMPTY.copy(), "not selected"))
             continue
         info, used, note = probe_filesystem(source, part.start, part.size)
+        if forensic:
+            used, note = None, "forensic: every sector imaged"
         if used is None:
             plan.partitions.append(PartitionPlan(part, info, "raw", ext.whole(part.size) if part.size else
                                                  ext.EMPTY.copy(), note))

@@ -19,7 +19,9 @@ from diskvault.disk import devices
 from diskvault.disk.table import PartitionTable, read_partition_table
 from diskvault.disk.target import Target
 from diskvault.errors import TargetError, UsageError
-from diskvault.format.reader import ImageFile
+from diskvault.crypto.keys import PasswordSource
+from diskvault.format.chain import Chain
+from diskvault.format.reader import KeyRing
 from diskvault.fs import extents as ext
 from diskvault.fs.base import Window
 from diskvault.imaging.pipeline import ordered_map
@@ -32,6 +34,7 @@ class RestoreOptions:
     image: str
     target: str
     partitions: list[int] | None = None
+    password: PasswordSource | None = None
 
 
 @dataclass
@@ -46,7 +49,7 @@ class RestoreResult:
         return asdict(self)
 
 
-def _ranges(img: ImageFile, opts: RestoreOptions, target_table: PartitionTable | None) -> np.ndarray:
+def _ranges(img: Chain, opts: RestoreOptions, target_table: PartitionTable | None) -> np.ndarray:
     """Disk byte ranges to restore: the whole disk, or chosen partitions (+ the table when the
     target has none)."""
     if not opts.partitions:
@@ -81,7 +84,7 @@ def restore_image(opts: RestoreOptions, confirm: Callable[[str], bool] | None = 
                   progress: Progress | None = None) -> RestoreResult:
     progress = progress or NullProgress()
     started = time.monotonic()
-    with ImageFile(opts.image) as img:
+    with Chain(opts.image, KeyRing(opts.password)) as img:
         devices.check_target_path(opts.target)
         exists = os.path.exists(opts.target)
         if exists:
@@ -114,13 +117,12 @@ def restore_image(opts: RestoreOptions, confirm: Callable[[str], bool] | None = 
                          bytes_written=written, seconds=round(time.monotonic() - started, 3))
 
 
-def _write(img: ImageFile, target: Target, ranges: np.ndarray, progress: Progress) -> int:
+def _write(img: Chain, target: Target, ranges: np.ndarray, progress: Progress) -> int:
     """Zero what no chunk covers (in a file: all of it, so zeros become holes), then write every
     stored chunk's bytes that fall inside the ranges."""
     starts = ranges[:, 0].astype(np.int64)
     ends = starts + ranges[:, 1].astype(np.int64)
-    offs = img.index["disk_offset"].astype(np.int64)
-    lens = img.index["length"].astype(np.int64)
+    offs, lens = img.state.offsets, img.state.lengths
     # chunks overlapping any range
     hit = np.searchsorted(ends, offs, side="right") < np.searchsorted(starts, offs + lens, side="left")
     chunks = np.flatnonzero(hit).tolist()
@@ -133,8 +135,8 @@ def _write(img: ImageFile, target: Target, ranges: np.ndarray, progress: Progres
     progress.start("restoring", int(lens[hit].sum()))
     written = 0
 
-    def decode(i: int) -> tuple[int, bytes]:
-        return i, img.decode(i, img.read_stored(i))
+    def decode(j: int) -> tuple[int, bytes]:
+        return j, img.decode(j)
 
     for i, data in ordered_map(decode, chunks):
         off = int(offs[i])

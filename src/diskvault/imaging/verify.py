@@ -7,7 +7,9 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from diskvault.errors import IntegrityError
-from diskvault.format.reader import ImageFile
+from diskvault.crypto.keys import PasswordSource
+from diskvault.format.chain import Chain
+from diskvault.format.reader import KeyRing
 from diskvault.imaging.pipeline import ordered_map
 from diskvault.ui.progress import NullProgress, Progress
 
@@ -28,26 +30,31 @@ class VerifyResult:
         return asdict(self) | {"ok": self.ok}
 
 
-def verify_image(path: str, progress: Progress | None = None) -> VerifyResult:
+def verify_image(path: str, progress: Progress | None = None, password: PasswordSource | None = None) -> VerifyResult:
+    """Open the image and its parents (structure, links and state hashes are checked on open), then
+    decode every chunk of every member."""
     progress = progress or NullProgress()
     started = time.monotonic()
-    with ImageFile(path, cache_chunks=0) as img:
+    with Chain(path, KeyRing(password), cache_chunks=0) as chain:
         errors: list[str] = []
+        jobs = [(m, i) for m in chain.members for i in range(len(m.index))]
 
-        def check(i: int) -> tuple[int, str | None]:
+        def check(job) -> tuple[int, str | None]:
+            member, i = job
+            length = int(member.index[i]["length"])
             try:
-                img.decode(i, img.read_stored(i))
-                return int(img.index[i]["length"]), None
+                member.decode(i, member.read_stored(i))
+                return length, None
             except IntegrityError as e:
-                return int(img.index[i]["length"]), str(e)
+                return length, str(e)
 
-        progress.start("verifying", int(img.index["length"].sum()))
+        progress.start("verifying", sum(int(m.index["length"].sum()) for m in chain.members))
         checked = 0
-        for length, error in ordered_map(check, range(len(img.index))):
+        for length, error in ordered_map(check, jobs):
             checked += length
             progress.advance(length)
             if error:
                 errors.append(error)
         progress.finish()
-        return VerifyResult(image=path, chunks=len(img.index), bytes_checked=checked,
+        return VerifyResult(image=path, chunks=len(jobs), bytes_checked=checked,
                             seconds=round(time.monotonic() - started, 3), errors=errors)
