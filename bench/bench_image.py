@@ -6,7 +6,8 @@ Why: issue 2 sets targets relative to the tools people use today: imaging at lea
 ``zstd -dc | partclone.ext4 -r``. Every tool runs in one invocation on the same disk, with the page
 cache dropped before each timed step, so the numbers are comparable with each other.
 
-    python bench/bench_image.py [--size-gib 2.5] [--workdir /var/tmp/dvbench] [--keep] [--rebuild]
+    python bench/bench_image.py [--size-gib 2.5] [--workdir /var/tmp/dvbench] [--repeat 3] [--keep]
+                                [--rebuild]
 
 Needs root (loop devices, mount, drop_caches), partclone, qemu-img, zstd, sfdisk, e2fsprogs, tar, diff;
 ``make bench`` installs them. diskvault runs as ``sys.executable -m diskvault`` with this repository's
@@ -28,12 +29,13 @@ import platform
 import re
 import shutil
 import stat
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -248,6 +250,7 @@ class Step:
     peak_rss: int  # bytes
     output_bytes: int | None = None
     stdout: str = ""
+    spread: tuple[float, float] | None = None  # fastest and slowest of repeated runs
 
 
 def drop_caches() -> None:
@@ -308,7 +311,17 @@ def diskvault_env() -> dict:
     return env
 
 
+def repeated(repeat: int, attempt: Callable[[], Step]) -> Step:
+    """Median time of ``repeat`` cold runs, with the spread kept: on this kind of VM one run can take
+    twice as long as the next, depending on the host's writeback. Outputs are the last run's."""
+    runs = [attempt() for _ in range(repeat)]
+    times = [r.seconds for r in runs]
+    return replace(runs[-1], seconds=statistics.median(times), spread=(min(times), max(times)),
+                   peak_rss=max(r.peak_rss for r in runs))
+
+
 def image_with_diskvault(name: str, disk: Path, dest: Path, logdir: Path, verify: bool) -> Step:
+    shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir()
     flags = ["--json"] + ([] if verify else ["--no-verify"])
     command = diskvault("image", str(disk), "--to", str(dest), *flags)
@@ -319,37 +332,53 @@ def image_with_diskvault(name: str, disk: Path, dest: Path, logdir: Path, verify
     return step
 
 
-def run_steps(disk: Path, part: Partition, run_dir: Path) -> dict[str, Step]:
-    """Every timed step, in an order where each restore follows the image it needs."""
+def fresh_file(path: Path, size: int) -> Path:
+    """A new sparse file: partclone restores into an existing target of the partition's size."""
+    path.unlink(missing_ok=True)
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+def run_steps(disk: Path, part: Partition, run_dir: Path, repeat: int) -> dict[str, Step]:
+    """Every timed step, in an order where each restore follows the image it needs. qemu-img runs
+    once: it is a reference far from the targets, and each run takes about a minute."""
     logdir = run_dir / "logs"
     logdir.mkdir()
     env = diskvault_env()
+    dv_dir, pc_image, qcow2 = run_dir / "dv", run_dir / "part.pc.zst", run_dir / "disk.qcow2"
+    restored, pc_restored = run_dir / "dv-restored.img", run_dir / "pc-restored.part"
     steps: dict[str, Step] = {}
-    steps["dv_image"] = image_with_diskvault("diskvault image --no-verify", disk, run_dir / "dv", logdir,
-                                             verify=False)
+    steps["dv_image"] = repeated(repeat, lambda: image_with_diskvault(
+        "diskvault image --no-verify", disk, dv_dir, logdir, verify=False))
     image = steps["dv_image"].stdout
-    steps["dv_verify"] = timed("diskvault verify", [diskvault("verify", image)], logdir, env=env)
-    steps["dv_image_verified"] = image_with_diskvault("diskvault image (verify on)", disk,
-                                                      run_dir / "dv-verified", logdir, verify=True)
-    pc_image = run_dir / "part.pc.zst"
+    steps["dv_verify"] = repeated(repeat, lambda: timed(
+        "diskvault verify", [diskvault("verify", image)], logdir, env=env))
+    steps["dv_image_verified"] = repeated(repeat, lambda: image_with_diskvault(
+        "diskvault image (verify on)", disk, run_dir / "dv-verified", logdir, verify=True))
     with loop_device(disk, part.offset, part.size) as dev:
-        steps["pc_image"] = timed("partclone.ext4 -c | zstd -T2 -3", [
+        steps["pc_image"] = repeated(repeat, lambda: timed("partclone.ext4 -c | zstd -T2 -3", [
             ["partclone.ext4", "-c", "-q", "-L", str(logdir / "partclone-clone.txt"), "-s", dev, "-o", "-"],
-            ["zstd", "-q", "-T2", "-3"]], logdir, stdout=pc_image)
-    qcow2 = run_dir / "disk.qcow2"
+            ["zstd", "-q", "-T2", "-3"]], logdir, stdout=pc_image))
+    qcow2.unlink(missing_ok=True)
     steps["qemu_image"] = timed("qemu-img convert -c -O qcow2", [
         ["qemu-img", "convert", "-c", "-O", "qcow2", str(disk), str(qcow2)]], logdir)
     steps["qemu_image"].output_bytes = qcow2.stat().st_size
-    restored = run_dir / "dv-restored.img"
-    steps["dv_restore"] = timed("diskvault restore", [diskvault("restore", image, str(restored), "--yes")],
-                                logdir, env=env)
-    pc_restored = run_dir / "pc-restored.part"
-    with open(pc_restored, "wb") as f:
-        f.truncate(part.size)  # partclone restores into an existing target of the partition's size
-    steps["pc_restore"] = timed("zstd -dc | partclone.ext4 -r", [
-        ["zstd", "-dc", "-q"],
-        ["partclone.ext4", "-r", "-q", "-L", str(logdir / "partclone-restore.txt"), "-s", "-",
-         "-O", str(pc_restored)]], logdir, stdin=pc_image)
+
+    def dv_restore() -> Step:
+        restored.unlink(missing_ok=True)
+        command = diskvault("restore", image, str(restored), "--yes")
+        return timed("diskvault restore", [command], logdir, env=env)
+
+    def pc_restore() -> Step:
+        target = fresh_file(pc_restored, part.size)
+        return timed("zstd -dc | partclone.ext4 -r", [
+            ["zstd", "-dc", "-q"],
+            ["partclone.ext4", "-r", "-q", "-L", str(logdir / "partclone-restore.txt"), "-s", "-",
+             "-O", str(target)]], logdir, stdin=pc_image)
+
+    steps["dv_restore"] = repeated(repeat, dv_restore)
+    steps["pc_restore"] = repeated(repeat, pc_restore)
     return steps
 
 
@@ -423,7 +452,7 @@ def table(steps: dict[str, Step], used: int) -> str:
     baseline = {"dv_image": "pc_image", "dv_image_verified": "pc_image", "dv_verify": None,
                 "pc_image": "pc_image", "qemu_image": "pc_image",
                 "dv_restore": "pc_restore", "pc_restore": "pc_restore"}
-    header = ["step", "time s", "used MB/s", "output MB", "peak RSS MB", "speed vs partclone",
+    header = ["step", "time s", "min-max s", "used MB/s", "output MB", "peak RSS MB", "speed vs partclone",
               "size vs partclone"]
     rows = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
     for key, base in baseline.items():
@@ -431,7 +460,8 @@ def table(steps: dict[str, Step], used: int) -> str:
         ref = steps[base] if base else None
         size = f"{s.output_bytes / MB:.0f}" if s.output_bytes is not None else "-"
         cell = s.name.replace("|", "\\|")  # a bare | would split the markdown cell
-        rows.append(f"| `{cell}` | {s.seconds:.2f} | {used / MB / s.seconds:.0f} | {size} | "
+        spread = f"{s.spread[0]:.2f}-{s.spread[1]:.2f}" if s.spread else "-"
+        rows.append(f"| `{cell}` | {s.seconds:.2f} | {spread} | {used / MB / s.seconds:.0f} | {size} | "
                     f"{s.peak_rss / MB:.0f} | {ratio(ref and ref.seconds, s.seconds)} | "
                     f"{ratio(s.output_bytes, ref and ref.output_bytes)} |")
     return "\n".join(rows)
@@ -456,7 +486,8 @@ def verdicts(steps: dict[str, Step]) -> list[str]:
 
 
 NOTES = [
-    "Times run from a cold page cache until the output is on disk (each step ends with `sync`).",
+    ("Times run from a cold page cache until the output is on disk (each step ends with `sync`); "
+     "time s is the median of the runs, min-max their spread (qemu-img runs once)."),
     ("used MB/s = bytes used by the filesystem (data + metadata, as partclone counts them) / time, "
      "for every row, so rows compare directly. MB = 10^6 bytes."),
     ("speed vs partclone = partclone time / this time (higher is faster); size vs partclone = this "
@@ -471,8 +502,9 @@ NOTES = [
 ]
 
 
-def report(machine: list[tuple[str, str]], steps: dict[str, Step], used: int, checks: list[str]) -> str:
-    lines = [SECTION, "", "Produced by `bench/bench_image.py` (`make bench`).", ""]
+def report(machine: list[tuple[str, str]], steps: dict[str, Step], used: int, checks: list[str],
+           repeat: int) -> str:
+    lines = [SECTION, "", f"Produced by `bench/bench_image.py --repeat {repeat}` (`make bench`).", ""]
     lines += [f"- {k}: {v}" for k, v in machine] + ["", table(steps, used), ""]
     lines += ["```"] + verdicts(steps) + ["```", "", "Correctness checks (run by the bench):", ""]
     lines += [f"- {c}" for c in checks] + ["", "Notes:", ""] + [f"- {n}" for n in NOTES] + [""]
@@ -517,7 +549,10 @@ def parse_args() -> argparse.Namespace:
                    help="where the test disk and outputs go; not tmpfs (default /var/tmp/dvbench)")
     p.add_argument("--keep", action="store_true", help="keep the images and restored files of this run")
     p.add_argument("--rebuild", action="store_true", help="rebuild the cached test disk")
+    p.add_argument("--repeat", type=int, default=3, help="cold runs per step, median reported (default 3)")
     args = p.parse_args()
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
     if args.size_gib < 2:
         p.error("--size-gib must be at least 2")
     return args
@@ -534,12 +569,12 @@ def main() -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir()
     try:
-        steps = run_steps(disk, part, run_dir)
+        steps = run_steps(disk, part, run_dir, args.repeat)
         checks = check_restores(disk, part, run_dir)
     except BaseException:
         log(f"failed: outputs and logs left in {run_dir}")
         raise
-    section = report(machine_facts(disk, facts, workdir), steps, facts["used_bytes"], checks)
+    section = report(machine_facts(disk, facts, workdir), steps, facts["used_bytes"], checks, args.repeat)
     if not args.keep:
         shutil.rmtree(run_dir)
     OUT_DIR.mkdir(parents=True, exist_ok=True)

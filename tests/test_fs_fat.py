@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import diskvault.fs.registry as registry
 from diskvault.errors import FilesystemError
-from diskvault.fs import base
+from diskvault.fs import base, registry
 from diskvault.fs.extents import total
 from diskvault.fs.fat import FatReader, fat_entries
 
@@ -47,8 +46,7 @@ def mkfs(tmp_path: Path, size_mib: int, *args: str, name: str = "fs.img") -> Pat
     img = tmp_path / name
     rng = np.random.default_rng(size_mib)
     with open(img, "wb") as f:
-        for _ in range(size_mib):
-            f.write(rng.bytes(MiB))
+        f.writelines(rng.bytes(MiB) for _ in range(size_mib))
     run("mkfs.fat", *args, img)
     return img
 
@@ -116,7 +114,7 @@ def fsck_layout(img: Path) -> dict[str, int]:
     out = run("fsck.fat", "-n", "-v", img).stdout
 
     def num(pattern: str) -> int:
-        return int(re.search(pattern, out, re.M).group(1))
+        return int(re.search(pattern, out, re.MULTILINE).group(1))
 
     return {
         "data_start": num(r"Data area starts at byte (\d+)"),
@@ -163,6 +161,12 @@ def gpt_disk(tmp_path: Path, fs_img: Path) -> tuple[Path, int, int]:
 def extract(disk: Path, start: int, size: int, out: Path) -> Path:
     run("dd", f"if={disk}", f"of={out}", "bs=1M", f"skip={start // MiB}", f"count={size // MiB}", "status=none")
     return out
+
+
+def patch(img: Path, offset: int, fmt: str, value) -> None:
+    with open(img, "r+b") as f:
+        f.seek(offset)
+        f.write(struct.pack(fmt, value))
 
 
 _FDS: list[int] = []
@@ -327,19 +331,32 @@ def test_info_matches_blkid(tmp_path, fat):
 
 
 @pytest.mark.parametrize("fat", ["16", "32"])
-def test_label_prefers_the_root_directory_entry_like_blkid(tmp_path, fat):
+def test_label_comes_from_the_root_directory_like_blkid(tmp_path, fat):
+    """libblkid (and Windows) take the label from the root directory's volume-label entry only;
+    the boot sector's copy is shown as LABEL_FATBOOT and is not the label."""
     img = mkfs(tmp_path, 40, "-F", fat, "-n", "ROOTLABEL")
     off = 0x2B if fat == "16" else 0x47
-    with open(img, "r+b") as f:  # a different boot-sector label
+    with open(img, "r+b") as f:  # a different, stale boot-sector label
         f.seek(off)
         f.write(b"BOOT LABEL ")
     blk = blkid(img)
     assert blk["LABEL"] == "ROOTLABEL" and blk["LABEL_FATBOOT"] == "BOOT LABEL"
-    assert open_reader(img).info().label == "ROOTLABEL"
-    with open(img, "r+b") as f:  # and no root label entry: the boot-sector label counts
-        f.seek(open_reader(img).root_start * 512 if fat == "16" else open_reader(img).data_start * 512)
-        f.write(b"\xE5")
-    assert blkid(img)["LABEL"] == "BOOT LABEL" == open_reader(img).info().label
+    reader = open_reader(img)
+    assert reader.info().label == "ROOTLABEL"
+    entry = (reader.root_start if fat == "16" else reader.data_start) * 512
+    patch(img, entry, "<B", 0x05)  # a label starting with byte 0xE5 is stored with 0x05
+    assert open_reader(img).info().label == "\u00d5OOTLABEL"  # 0xE5 in code page 850
+    patch(img, entry, "<B", 0xE5)  # the label entry deleted: no label
+    assert "LABEL" not in blkid(img) and open_reader(img).info().label == ""
+
+
+def test_uuid_needs_the_extended_boot_signature_on_fat16(tmp_path):
+    img = mkfs(tmp_path, 16, "-F", "16", "-i", "0BADF00D")
+    assert blkid(img)["UUID"] == "0BAD-F00D" == open_reader(img).info().uuid
+    patch(img, 0x26, "<B", 0x28)  # serial number only
+    assert blkid(img)["UUID"] == "0BAD-F00D" == open_reader(img).info().uuid
+    patch(img, 0x26, "<B", 0)  # an old boot sector: no serial number
+    assert "UUID" not in blkid(img) and open_reader(img).info().uuid == ""
 
 
 def test_no_label(tmp_path):
@@ -351,8 +368,7 @@ def test_no_label(tmp_path):
 
 
 def test_small_fat32_is_read_as_fat32_with_a_warning(tmp_path):
-    img = mkfs(tmp_path, 32, "-F", "32", "-s", "1")
-    put(img, make_tree(tmp_path / "tree", seed=4, files=10))
+    img = mkfs(tmp_path, 32, "-F", "32", "-s", "1")  # (mtools refuses to write to it)
     reader = open_reader(img)
     assert reader.bits == 32 and reader.clusters < 65525
     info = reader.info()
@@ -422,12 +438,6 @@ def test_probe_through_the_registry(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- corruption
-
-
-def patch(img: Path, offset: int, fmt: str, value) -> None:
-    with open(img, "r+b") as f:
-        f.seek(offset)
-        f.write(struct.pack(fmt, value))
 
 
 CORRUPT_BPB = {  # BPB fields that the probe itself rejects

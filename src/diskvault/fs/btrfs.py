@@ -25,7 +25,7 @@ import numpy as np
 from diskvault.errors import FilesystemError
 from diskvault.fs import c_btrfs as C
 from diskvault.fs.base import FsInfo
-from diskvault.fs.extents import clip, merge, total
+from diskvault.fs.extents import clip, merge
 
 NODE_BATCH = 256  # tree blocks read and checksummed together
 
@@ -50,7 +50,7 @@ def _gf2_apply(cols: tuple[int, ...], v: int) -> int:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _zeros_op(n: int) -> tuple[int, ...]:
     """The raw crc register's change over ``n`` zero bytes, as a GF(2) matrix (n >= 1)."""
     if n == 1:
@@ -61,7 +61,7 @@ def _zeros_op(n: int) -> tuple[int, ...]:
     return tuple(_gf2_apply(_zeros_op(1), c) for c in op) if n & 1 else op
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _zeros_tables(n: int) -> np.ndarray:
     """_zeros_op(n) as four byte lookup tables (4, 256) for numpy."""
     cols = np.array(_zeros_op(n), dtype=np.uint32).reshape(4, 8)
@@ -120,10 +120,10 @@ def _uuid(raw: bytes) -> str:
 
 
 def _keys_ascending(items: np.ndarray) -> bool:
-    o, t, f = (items[k] for k in ("objectid", "type", "offset"))
-    gt = lambda a: a[1:] > a[:-1]  # noqa: E731
-    eq = lambda a: a[1:] == a[:-1]  # noqa: E731
-    return bool(np.all(gt(o) | (eq(o) & (gt(t) | (eq(t) & gt(f))))))
+    """Strictly ascending (objectid, type, offset) keys, as the kernel's tree checker demands."""
+    gt = {k: items[k][1:] > items[k][:-1] for k in ("objectid", "type", "offset")}
+    eq = {k: items[k][1:] == items[k][:-1] for k in ("objectid", "type")}
+    return bool(np.all(gt["objectid"] | (eq["objectid"] & (gt["type"] | (eq["type"] & gt["offset"])))))
 
 
 def _check_superblock(sb: dict, raw: bytes) -> str:
@@ -238,7 +238,7 @@ class BtrfsReader:
         n, length = c["num_stripes"], c["length"]
         if n == 0 or size != C.CHUNK_SIZE + n * C.STRIPE.size:
             raise FilesystemError(f"btrfs chunk item at {logical}: {n} stripes in {size} bytes")
-        if length == 0 or length % self.sectorsize or logical % self.sectorsize:
+        if length == 0 or length % self.sectorsize or logical % self.sectorsize or logical + length >= 1 << 64:
             raise FilesystemError(f"btrfs chunk at {logical} of length {length} is not sector aligned")
         if not c["type"] & C.BLOCK_GROUP_TYPE_MASK:
             raise FilesystemError(f"btrfs chunk at {logical} has no type ({c['type']:#x})")
@@ -256,7 +256,7 @@ class BtrfsReader:
                     f"btrfs with several devices (chunk at {logical} is on device {devid}): "
                     "imaging every block"
                 )
-            if phys < C.DEVICE_RANGE_RESERVED or phys + length > self.dev_size or phys % self.sectorsize:
+            if phys + length > self.dev_size or phys % self.sectorsize:  # (old mkfs: a chunk at 0)
                 raise FilesystemError(f"btrfs chunk at {logical}: stripe at {phys} lies outside the device")
             stripes.append(phys)
         old = chunks.get(logical)
@@ -266,9 +266,10 @@ class BtrfsReader:
 
     def _set_chunk_map(self, chunks: dict) -> None:
         keys = sorted(chunks)
+        if not keys:
+            raise FilesystemError("btrfs sys_chunk_array holds no chunk")
         self.chunk_start = np.array(keys, dtype=np.uint64)
         self.chunk_len = np.array([chunks[k][0] for k in keys], dtype=np.uint64)
-        self.chunk_type = np.array([chunks[k][1] for k in keys], dtype=np.uint64)
         st = [chunks[k][2] for k in keys]
         self.chunk_stripes = np.array([s + (s[0],) * (2 - len(s)) for s in st], dtype=np.uint64)
         self.chunk_nstripes = np.array([len(s) for s in st], dtype=np.int64)
@@ -444,6 +445,8 @@ class BtrfsReader:
         ss = np.uint64(self.sectorsize)
         if np.any((out[:, 0] % ss != 0) | (out[:, 1] % ss != 0) | (out[:, 1] == 0)):
             raise FilesystemError("btrfs extent tree holds an extent that is not sector aligned")
+        if np.any((out[:, 1] > np.uint64(self.dev_size)) | (out[:, 0] >= np.uint64(1 << 63))):
+            raise FilesystemError("btrfs extent tree holds an extent larger than the device")
         return out
 
     # ----------------------------------------------------------------- protocol

@@ -81,6 +81,7 @@ EXTFLAGS_ACTIVE_MASK = 0x000F  # BPB_ExtFlags: number of the active FAT ...
 EXTFLAGS_NO_MIRROR = 0x0080  # ... used when this bit says the FATs are not mirrored
 LINUX_STATE_DIRTY = 0x01  # BS_Reserved1 bit set by Linux while mounted
 NO_NAME = b"NO NAME    "  # BS_VolLab of a volume without a label
+BOOT_SIGS = (0x28, 0x29)  # BS_BootSig: 0x28 = BS_VolID present, 0x29 = BS_VolID and BS_VolLab
 NOT_FAT_OEM = (b"NTFS    ", b"EXFAT   ")  # BS_OEMName of filesystems with a FAT-like boot sector
 NOT_FAT_FSTYPE = (b"JFS     ", b"HPFS    ")  # OS/2 pseudo-BPBs at the FAT16 BS_FilSysType offset
 
@@ -104,7 +105,7 @@ DIR_FREE = 0xE5
 
 EXFAT_NAME = b"EXFAT   "  # FileSystemName at offset 3
 EXFAT_NAME_OFFSET = 3
-EXFAT_JUMP = b"\xEB\x76\x90"
+EXFAT_JUMP = b"\xeb\x76\x90"
 EXFAT_BOOT_REGION_SECTORS = 12  # boot sector, 8 extended boot sectors, OEM params, reserved, checksum
 EXFAT_CHECKSUM_SECTOR = 11  # the boot checksum sector (the checksum repeated as 32-bit words)
 EXFAT_CHECKSUM_SKIP = (106, 107, 112)  # VolumeFlags and PercentInUse are not checksummed

@@ -52,6 +52,9 @@ BOOT_SECTOR_FIELDS: tuple[Field, ...] = (
     Field(0x1FE, "end_of_sector_marker", "H"),  # 0xAA55
 )
 
+# BIOS parameter block fields FAT uses and NTFS must leave zero (blkid and the kernel check them)
+BPB_ZERO_FIELDS = ("reserved_sectors", "fats", "root_entries", "sectors", "sectors_per_fat", "large_sectors")
+
 # MFT_RECORD: the header of every FILE record (a record is 1 KiB or 4 KiB)
 MFT_RECORD_FIELDS: tuple[Field, ...] = (
     Field(0x00, "magic", "4s"),  # "FILE" ("BAAD" after a failed multi-sector transfer)
@@ -110,6 +113,7 @@ ATTR_LIST_ENTRY_FIELDS: tuple[Field, ...] = (
     Field(0x18, "instance", "H"),  # its instance number in that record
 )
 ATTR_LIST_ENTRY_MIN_SIZE = 0x1A
+ATTR_LIST_MAX_SIZE = 0x40000  # larger lists are corrupt (as libntfs-3g judges them)
 
 # VOLUME_INFORMATION: the value of $Volume's $VOLUME_INFORMATION attribute
 VOLUME_INFORMATION_FIELDS: tuple[Field, ...] = (

@@ -18,9 +18,9 @@ import numpy as np
 from diskvault.errors import FilesystemError
 from diskvault.fs import c_fat as C
 from diskvault.fs.base import FsInfo
-from diskvault.fs.extents import EMPTY, from_bitmap, merge, total
+from diskvault.fs.extents import from_bitmap, merge, total
 
-CHUNK_BYTES = 1 << 24  # bitmap bytes turned into extents per pass (bounds memory on huge volumes)
+CHUNK_BYTES = 1 << 21  # bitmap bytes turned into extents per pass (bounds memory on huge volumes)
 FAT_PAGE = 4096  # FAT bytes read at a time while following a chain
 WANTED = [C.EXFAT_ENTRY_BITMAP, C.EXFAT_ENTRY_UPCASE, C.EXFAT_ENTRY_LABEL]
 
@@ -78,10 +78,6 @@ class ExfatReader:
 
     def _check_boot(self) -> None:
         b = self.boot
-        if b["JumpBoot"] != C.EXFAT_JUMP or b["BootSignature"] != C.BOOT_SIGNATURE:
-            raise _bad("bad jump instruction or boot signature")
-        if any(b["MustBeZero"]):
-            raise _bad("the MustBeZero area is not zero")
         shift = b["BytesPerSectorShift"]
         if not C.EXFAT_MIN_SECTOR_SHIFT <= shift <= C.EXFAT_MAX_SECTOR_SHIFT:
             raise _bad(f"BytesPerSectorShift {shift} (must be 9..12)")
@@ -96,6 +92,10 @@ class ExfatReader:
         stored = np.frombuffer(region, dtype="<u4", offset=C.EXFAT_CHECKSUM_SECTOR * ss, count=ss // 4)
         if not np.all(stored == want):
             raise FilesystemError("exFAT boot region checksum does not match (corrupt boot sector)")
+        if b["JumpBoot"] != C.EXFAT_JUMP or b["BootSignature"] != C.BOOT_SIGNATURE:
+            raise _bad("bad jump instruction or boot signature")
+        if any(b["MustBeZero"]):
+            raise _bad("the MustBeZero area is not zero")
         major = b["FileSystemRevision"] >> 8
         if major != 1:
             raise FilesystemError(f"exFAT revision {major}.{b['FileSystemRevision'] & 0xFF} is not supported")
@@ -113,19 +113,21 @@ class ExfatReader:
         fat_off, fat_len, heap = b["FatOffset"], b["FatLength"], b["ClusterHeapOffset"]
         if fat_off < 2 * C.EXFAT_BOOT_REGION_SECTORS:
             raise _bad(f"FatOffset {fat_off} lies inside the boot regions")
-        if fat_len * ss < (count + 2) * 4:
-            raise _bad(f"FatLength {fat_len} sectors is too small for {count} clusters")
-        if fat_off + fat_len * b["NumberOfFats"] > heap:
-            raise _bad(f"the FATs end after ClusterHeapOffset {heap}")
         if heap >= length:
             raise _bad(f"ClusterHeapOffset {heap} is beyond the volume ({length} sectors)")
         if not 1 <= count <= min(C.EXFAT_MAX_CLUSTERS, (length - heap) >> b["SectorsPerClusterShift"]):
             raise _bad(f"ClusterCount {count} does not fit in the cluster heap")
+        if fat_len * ss < (count + 2) * 4:
+            raise _bad(f"FatLength {fat_len} sectors is too small for {count} clusters")
+        if fat_off + fat_len * b["NumberOfFats"] > heap:
+            raise _bad(f"the FATs end after ClusterHeapOffset {heap}")
         if not 2 <= b["FirstClusterOfRootDirectory"] <= count + 1:
             raise _bad(f"root directory cluster {b['FirstClusterOfRootDirectory']} is out of range")
         self.active_fat = b["VolumeFlags"] & C.VOLUME_FLAG_ACTIVE_FAT if b["NumberOfFats"] == 2 else 0
         if b["VolumeFlags"] & C.VOLUME_FLAG_DIRTY:
-            self._warnings.append("warning: the exFAT volume is marked dirty (mounted or not cleanly unmounted)")
+            self._warnings.append(
+                "warning: the exFAT volume is marked dirty (mounted or not cleanly unmounted)"
+            )
         if b["VolumeFlags"] & C.VOLUME_FLAG_MEDIA_FAILURE:
             self._warnings.append("warning: the exFAT volume recorded media failures")
 
@@ -146,7 +148,7 @@ class ExfatReader:
     def _check_run(self, what: str, first: int, length: int) -> int:
         """Number of clusters of a contiguous object, checked to lie inside the heap."""
         n = -(-length // self.cluster_size)
-        if length == 0 or not 2 <= first or first + n - 1 > self.clusters + 1:
+        if length == 0 or first < 2 or first + n - 1 > self.clusters + 1:
             raise FilesystemError(
                 f"exFAT {what} (cluster {first}, {length} bytes) lies outside the cluster heap"
             )
@@ -164,11 +166,13 @@ class ExfatReader:
             if nxt == C.EXFAT_FAT_EOC:
                 break
             if not 2 <= nxt <= self.clusters + 1:
-                raise FilesystemError(f"exFAT root directory chain is broken (cluster {cluster} -> 0x{nxt:X})")
+                raise FilesystemError(
+                    f"exFAT root directory chain is broken (cluster {cluster} -> 0x{nxt:X})"
+                )
             if len(chain) >= limit:
                 raise FilesystemError("exFAT root directory chain is too long (a loop?)")
             cluster = nxt
-        self.root_chain = np.array(chain, dtype=np.uint64)
+        self.root_chain = chain
         bitmaps, self.upcase, self.label_entry = [], None, None
         for cluster in chain:
             raw = _read_at(self._fh, self._cluster_offset(cluster), self.cluster_size)
@@ -232,15 +236,10 @@ class ExfatReader:
         # the system objects are allocated clusters; include them even if the bitmap forgot them
         runs = [(bm["FirstCluster"], bm["clusters"]) for bm in self.bitmaps]
         runs.append((self.upcase["FirstCluster"], self.upcase["clusters"]))
-        objs = np.array(runs, dtype=np.uint64).reshape(-1, 2)
-        system = np.concatenate(
-            [
-                np.stack([np.uint64(heap) + (objs[:, 0] - 2) * np.uint64(cs), objs[:, 1] * np.uint64(cs)], 1),
-                np.stack(
-                    [np.uint64(heap) + (self.root_chain - 2) * np.uint64(cs),
-                     np.full(self.root_chain.size, cs, dtype=np.uint64)], 1
-                ),
-            ]
+        runs += [(c, 1) for c in self.root_chain]
+        objs = np.array(runs, dtype=np.uint64)
+        system = np.stack(
+            [np.uint64(heap) + (objs[:, 0] - np.uint64(2)) * np.uint64(cs), objs[:, 1] * np.uint64(cs)], 1
         )
         extents = merge(np.concatenate(pieces + [system]))
         heap_used = total(extents) - total(merge(pieces[0]))
@@ -249,7 +248,7 @@ class ExfatReader:
                 "warning: the exFAT Allocation Bitmap does not mark the bitmap, up-case table or root "
                 "directory clusters as allocated (run fsck.exfat); imaging them anyway"
             )
-        return extents if extents.size else EMPTY.copy()
+        return extents
 
     # ----------------------------------------------------------------- protocol
 
@@ -277,4 +276,3 @@ class ExfatReader:
             uuid=f"{serial >> 16:04X}-{serial & 0xFFFF:04X}",
             note="; ".join(dict.fromkeys(self._warnings)),
         )
-

@@ -149,7 +149,9 @@ class FatReader:
             if self.ext["BPB_FSVer"] != 0:
                 raise FilesystemError(f"FAT32 version 0x{self.ext['BPB_FSVer']:04X} is not supported")
             if not 2 <= self.ext["BPB_RootClus"] < count + 2:
-                raise FilesystemError(f"FAT32 root directory cluster {self.ext['BPB_RootClus']} is out of range")
+                raise FilesystemError(
+                    f"FAT32 root directory cluster {self.ext['BPB_RootClus']} is out of range"
+                )
         elif root_entries == 0:
             raise FilesystemError(f"FAT{bits} boot sector has no root directory entries")
         if self.fat_sectors * bps * 8 // bits < count + 2:
@@ -164,7 +166,9 @@ class FatReader:
                 raise FilesystemError(f"FAT32 active FAT {active} does not exist ({self.nfats} FATs)")
             self.fat_copies = [active]
         if self.ext["BS_Reserved1"] & C.LINUX_STATE_DIRTY:
-            self._warnings.append("warning: the FAT volume is marked dirty (mounted or not cleanly unmounted)")
+            self._warnings.append(
+                "warning: the FAT volume is marked dirty (mounted or not cleanly unmounted)"
+            )
 
     # ----------------------------------------------------------------- FAT
 
@@ -219,9 +223,7 @@ class FatReader:
             return
         clean = C.FAT16_CLN_SHUT if self.bits == 16 else C.FAT32_CLN_SHUT
         if not int(entries[1]) & clean:
-            self._warnings.append(
-                "warning: the FAT says the volume was not cleanly unmounted (run fsck.fat)"
-            )
+            self._warnings.append("warning: the FAT says the volume was not cleanly unmounted (run fsck.fat)")
 
     # ----------------------------------------------------------------- label
 
@@ -244,12 +246,21 @@ class FatReader:
         return None
 
     def label(self) -> str:
+        """The root directory's volume label, as libblkid (>= 2.33) and Windows read it: the
+        boot-sector copy (BS_VolLab) is ignored, being often stale."""
         label = self._root_label()
-        if label is None or label == C.NO_NAME:
-            label = self.ext["BS_VolLab"]
-        if label == C.NO_NAME:
+        if label is None:
             return ""
+        if label[0] == 0x05:  # a leading 0xE5 byte is stored as 0x05 in directory entries
+            label = b"\xe5" + label[1:]
         return label.split(b"\0", 1)[0].decode("cp850", "replace").rstrip()
+
+    def uuid(self) -> str:
+        """BS_VolID as libblkid shows it; FAT12/16 boot sectors hold it only with BS_BootSig 0x28/0x29."""
+        if self.bpb["BPB_FATSz16"] and self.ext["BS_BootSig"] not in C.BOOT_SIGS:
+            return ""
+        vol_id = self.ext["BS_VolID"]
+        return f"{vol_id >> 16:04X}-{vol_id & 0xFFFF:04X}"
 
     # ----------------------------------------------------------------- protocol
 
@@ -260,14 +271,13 @@ class FatReader:
 
     def info(self) -> FsInfo:
         used = total(self.used_extents())
-        vol_id = self.ext["BS_VolID"]
         return FsInfo(
             fstype="vfat",
             size=self.total_sectors * self.sector_size,
             used_bytes=used,
             block_size=self.cluster_size,
             label=self.label(),
-            uuid=f"{vol_id >> 16:04X}-{vol_id & 0xFFFF:04X}",
+            uuid=self.uuid(),
             note="; ".join(dict.fromkeys(self._warnings)),
         )
 

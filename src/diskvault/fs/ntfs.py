@@ -11,8 +11,9 @@ does not cover the backup, and Windows and ntfsfix check it. The structures are 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO, ClassVar, Iterator
+from typing import BinaryIO, ClassVar
 
 import numpy as np
 
@@ -81,7 +82,7 @@ class NtfsReader:
         cs = bps * spc
         if not _pow2(spc) or cs > C.NTFS_MAX_CLUSTER_SIZE:
             raise _bad(f"sectors per cluster byte 0x{bs['sectors_per_cluster']:02x}")
-        for name in ("reserved_sectors", "fats", "root_entries", "sectors", "sectors_per_fat", "large_sectors"):
+        for name in C.BPB_ZERO_FIELDS:
             if bs[name]:
                 raise _bad(f"{name} is {bs[name]} (must be 0)")
         total = bs["number_of_sectors"]
@@ -120,7 +121,8 @@ class NtfsReader:
         """Undo the multi-sector transfer protection: check and restore each 512-byte block's tail."""
         usa_ofs, usa_count = struct.unpack_from("<HH", buf, 4)
         blocks = len(buf) // C.NTFS_BLOCK_SIZE
-        if usa_ofs & 1 or usa_count - 1 != blocks or usa_ofs < 0x28 or usa_ofs + 2 * usa_count > C.NTFS_BLOCK_SIZE - 2:
+        usa_end = usa_ofs + 2 * usa_count
+        if usa_ofs & 1 or usa_count - 1 != blocks or usa_ofs < 0x28 or usa_end > C.NTFS_BLOCK_SIZE - 2:
             raise FilesystemError(f"{what}: bad update sequence array (offset {usa_ofs}, count {usa_count})")
         usn = buf[usa_ofs : usa_ofs + 2]
         for i in range(blocks):
@@ -173,7 +175,8 @@ class NtfsReader:
             a = C.ATTR.parse(buf, off)
             n = a["length"]
             nonres = a["non_resident"]
-            if nonres > 1 or n & 7 or n < (C.NON_RESIDENT_MIN_SIZE if nonres else C.RESIDENT_MIN_SIZE) or off + n > end:
+            least = C.NON_RESIDENT_MIN_SIZE if nonres else C.RESIDENT_MIN_SIZE
+            if nonres > 1 or n & 7 or n < least or off + n > end:
                 raise FilesystemError(f"{what}: attribute 0x{a['type']:x} has a corrupt length {n}")
             if a["name_length"] and a["name_offset"] + 2 * a["name_length"] > n:
                 raise FilesystemError(f"{what}: attribute 0x{a['type']:x} has its name outside it")
@@ -247,6 +250,8 @@ class NtfsReader:
     def _attribute_list(self, buf: bytearray, a: dict, what: str) -> Iterator[dict]:
         if a["non_resident"]:
             st = self._stream([(buf, a)], f"{what} $ATTRIBUTE_LIST", False)
+            if st.data_size > C.ATTR_LIST_MAX_SIZE:
+                raise FilesystemError(f"{what}: $ATTRIBUTE_LIST of {st.data_size} bytes is corrupt")
             value = self._read_stream(st, 0, st.data_size, f"{what} $ATTRIBUTE_LIST")
         else:
             value = a["_value"]
@@ -271,7 +276,8 @@ class NtfsReader:
         if first["flags"] & (C.ATTR_COMPRESSION_MASK | C.ATTR_IS_ENCRYPTED):
             raise FilesystemError(f"{what}: compressed or encrypted $DATA is not supported")
         st = Stream(first["data_size"], first["initialized_size"])
-        if first["lowest_vcn"] != 0 or not 0 <= st.initialized_size <= st.data_size <= first["allocated_size"]:
+        sizes_ok = 0 <= st.initialized_size <= st.data_size <= first["allocated_size"]
+        if first["lowest_vcn"] != 0 or not sizes_ok:
             raise FilesystemError(f"{what}: $DATA sizes are corrupt")
         vcn = 0
         for buf, a in pieces:

@@ -284,7 +284,9 @@ class XfsReader:
         op = at((rblk + hblks) % n)
         if window[op + C.OP_CLIENTID_OFF] != C.XFS_LOG or not window[op + C.OP_FLAGS_OFF] & C.XLOG_UNMOUNT_TRANS:
             return DIRTY_LOG
-        if self.v5:  # CRC-enabled logs: a torn unmount record is not a clean log
+        # CRC-enabled logs: a torn unmount record is not a clean log (mkfs writes h_crc 0, which
+        # log recovery accepts on v5 too)
+        if self.v5 and rec["h_crc"] != bytes(4):
             header = window[at(rblk) : at(rblk) + C.BBSIZE]
             data = read_bb((rblk + hblks) % n, data_bb)[: rec["h_len"]]
             ext = b"".join(
