@@ -7,20 +7,34 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 
-def _attached_loops() -> set[str]:
-    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
-    return {line.split(":")[0] for line in out.splitlines()}
+def _our_loops(base: str) -> set[str]:
+    """Loop devices whose backing file lies under this run's temporary folder."""
+    out = subprocess.run(["losetup", "-a", "-n", "-O", "NAME,BACK-FILE"], capture_output=True, text=True).stdout
+    found = set()
+    for line in out.splitlines():
+        name, _, back = line.strip().partition(" ")
+        if back.strip().startswith(base):
+            found.add(name)
+    return found
+
+
+def _our_mounts(base: str) -> list[str]:
+    with open("/proc/self/mounts") as f:
+        return [line.split()[1] for line in f if line.split()[1].startswith(base)]
 
 
 @pytest.fixture(autouse=True, scope="session")
-def no_leftover_loop_devices():
+def no_leftover_loop_devices_or_mounts(tmp_path_factory):
     """The suite must leave no loop device or mount behind, even after failures."""
-    before = _attached_loops()
+    base = str(tmp_path_factory.getbasetemp())
     yield
-    leftover = _attached_loops() - before
-    for dev in leftover:
+    mounts = _our_mounts(base)
+    for m in reversed(mounts):
+        subprocess.run(["umount", "-l", m], capture_output=True)
+    loops = _our_loops(base)
+    for dev in loops:
         subprocess.run(["losetup", "-d", dev], capture_output=True)
-    assert not leftover, f"tests left loop devices attached: {sorted(leftover)}"
+    assert not mounts and not loops, f"tests left mounts {mounts} and loop devices {sorted(loops)} behind"
 
 
 def pytest_collection_modifyitems(config, items):

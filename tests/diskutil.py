@@ -107,7 +107,8 @@ def build_disk(path: str, parts: list[Part], label: str = "gpt", disk_mib: int |
     sh("sfdisk", "-q", path, input="\n".join(lines) + "\n")
     for i, p in enumerate(parts):
         if p.fs in ("ext2", "ext3", "ext4"):
-            args = ["mke2fs", "-q", "-F", "-t", p.fs, "-E", f"offset={p.start}", *p.mkfs_args]
+            extended = f"offset={p.start}" + (",nodiscard" if garbage else "")  # else mke2fs zeroes the garbage
+            args = ["mke2fs", "-q", "-F", "-t", p.fs, "-E", extended, *p.mkfs_args]
             if p.tree_seed is not None:
                 tree = os.path.join(workdir or os.path.dirname(path), f"tree-{os.path.basename(path)}-{i}")
                 make_tree(tree, seed=p.tree_seed)

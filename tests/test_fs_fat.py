@@ -452,6 +452,7 @@ CORRUPT_BPB = {  # BPB fields that the probe itself rejects
     "no_signature": (0x1FE, "<H", 0),
     "jump": (0x00, "<B", 0x00),
     "ntfs_oem": (0x03, "8s", b"NTFS    "),
+    "bitlocker_oem": (0x03, "8s", b"-FVE-FS-"),
 }
 
 
@@ -463,7 +464,7 @@ def test_corrupt_bpb_is_not_fat(tmp_path, case):
     try:
         win = base.Window(fd, 0, 16 * MiB)
         assert not FatReader.probe(win, win.size)
-        if case not in ("no_signature", "jump", "ntfs_oem"):
+        if case not in ("no_signature", "jump", "ntfs_oem", "bitlocker_oem"):
             with pytest.raises(FilesystemError, match="not sane"):
                 FatReader(win, win.size)
     finally:

@@ -82,7 +82,7 @@ EXTFLAGS_NO_MIRROR = 0x0080  # ... used when this bit says the FATs are not mirr
 LINUX_STATE_DIRTY = 0x01  # BS_Reserved1 bit set by Linux while mounted
 NO_NAME = b"NO NAME    "  # BS_VolLab of a volume without a label
 BOOT_SIGS = (0x28, 0x29)  # BS_BootSig: 0x28 = BS_VolID present, 0x29 = BS_VolID and BS_VolLab
-NOT_FAT_OEM = (b"NTFS    ", b"EXFAT   ")  # BS_OEMName of filesystems with a FAT-like boot sector
+NOT_FAT_OEM = (b"NTFS    ", b"EXFAT   ", b"-FVE-FS-")  # NTFS, exFAT, BitLocker: FAT-like boot sectors
 NOT_FAT_FSTYPE = (b"JFS     ", b"HPFS    ")  # OS/2 pseudo-BPBs at the FAT16 BS_FilSysType offset
 
 # 32-byte short directory entry (DIR_*); 0x0F-attribute entries are long-name (LFN) pieces

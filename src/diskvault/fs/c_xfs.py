@@ -78,6 +78,7 @@ SB_CRC_OFF = 224
 XFS_SB_VERSION_NUMBITS = 0x000F
 XFS_SB_VERSION_4 = 4
 XFS_SB_VERSION_5 = 5  # CRC-enabled metadata
+XFS_SB_VERSION_LOGV2BIT = 0x0400  # v4: version 2 log (always on v5)
 
 # sb_features_incompat (v5)
 XFS_SB_FEAT_INCOMPAT_FTYPE = 1 << 0  # file type in directory entries
@@ -166,7 +167,9 @@ XLOG_REC_SIZES = (328, 324)
 XLOG_HEADER_CYCLE_SIZE = 32 * 1024  # data bytes whose cycle words one header block holds
 XLOG_MAX_RECORD_BSIZE = 256 * 1024  # largest in-core log buffer
 XLOG_MAX_ICLOGS = 8  # in-core log buffers that can be in flight at once
+XLOG_BIG_RECORD_BSIZE = 32 * 1024  # largest in-core log buffer of a version 1 log
 XLOG_VERSION_2 = 2
+XLOG_REC_EXT_SIZE = 260  # bytes of an extended header block covered by h_crc (xh_cycle + cycle data)
 # struct xlog_op_header: {__be32 oh_tid; __be32 oh_len; __u8 oh_clientid; __u8 oh_flags; __u16 oh_res2}
 OP_CLIENTID_OFF = 8
 OP_FLAGS_OFF = 9

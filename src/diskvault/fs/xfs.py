@@ -35,7 +35,6 @@ DIRTY_LOG = (
     "XFS log is dirty: mount and unmount the filesystem, or run xfs_repair, before imaging "
     "(or use --forensic)"
 )
-LOG_WINDOW_BB = C.XLOG_MAX_ICLOGS * C.XLOG_MAX_RECORD_BSIZE // C.BBSIZE  # writes in flight at a crash
 
 
 def _read_at(fh: BinaryIO, offset: int, length: int) -> bytes:
@@ -103,6 +102,171 @@ def _crc_ok(buf: bytes, off: int, length: int | None = None) -> bool:
 def _uuid_str(raw: bytes) -> str:
     u = raw.hex()
     return f"{u[:8]}-{u[8:12]}-{u[12:16]}-{u[16:20]}-{u[20:]}"
+
+
+class _Inconsistent(Exception):
+    """The log cannot be interpreted (log recovery would fail): not clean."""
+
+
+class _Log:
+    """An internal log: ``n`` basic blocks at byte ``base``. ``clean()`` follows the rules log
+    recovery uses to find the head (the cycle stamps every 512-byte block carries, then backing
+    off a record that does not end at the head) and the tail (the last record's tail lsn, or the
+    head itself after an unmount record); recovery replays nothing when they meet. Stricter than
+    recovery only where that is cheap: the deciding record's crc and a log that is not made of
+    one or two consecutive passes count as dirty."""
+
+    def __init__(self, fh: BinaryIO, base: int, n: int, v2: bool, uuid: bytes) -> None:
+        self._fh, self._base, self.n, self.v2, self.uuid = fh, base, n, v2, uuid
+        rec = C.XLOG_MAX_RECORD_BSIZE if v2 else C.XLOG_BIG_RECORD_BSIZE
+        self.rec_scan = rec // C.BBSIZE  # XLOG_REC_SHIFT: one record at most
+        self.total_scan = min(n, C.XLOG_MAX_ICLOGS * rec // C.BBSIZE)  # XLOG_TOTAL_REC_SHIFT
+
+    def read(self, first: int, count: int) -> bytes:
+        """``count`` basic blocks from ``first``, wrapping around the end of the log."""
+        parts = []
+        while count > 0:
+            first %= self.n
+            k = min(count, self.n - first)
+            data = _read_at(self._fh, self._base + first * C.BBSIZE, k * C.BBSIZE)
+            if len(data) != k * C.BBSIZE:
+                raise FilesystemError("cannot read the XFS log")
+            parts.append(data)
+            first, count = first + k, count - k
+        return b"".join(parts)
+
+    def cycles(self, first: int, count: int) -> np.ndarray:
+        """Cycle stamp of each block (a record header keeps it in h_cycle, after the magic)."""
+        w = np.frombuffer(self.read(first, count), dtype=">u4").reshape(-1, C.BBSIZE // 4)
+        return np.where(w[:, 0] == C.XLOG_HEADER_MAGIC_NUM, w[:, 1], w[:, 0]).astype(np.int64)
+
+    def cycle(self, bb: int) -> int:
+        return int(self.cycles(bb, 1)[0])
+
+    def cycle_start(self, lo: int, hi: int, cyc: int) -> int:
+        """Binary search for the first block stamped ``cyc`` (recovery's exact midpoints)."""
+        mid = (lo + hi) // 2
+        while mid not in (lo, hi):
+            lo, hi = (lo, mid) if self.cycle(mid) == cyc else (mid, hi)
+            mid = (lo + hi) // 2
+        return hi
+
+    def find_cycle(self, start: int, count: int, cyc: int) -> int:
+        """First block of [start, start + count) stamped ``cyc``, or -1."""
+        if count <= 0:
+            return -1
+        hits = np.flatnonzero(self.cycles(start, count) == cyc)
+        return start + int(hits[0]) if hits.size else -1
+
+    def header(self, bb: int) -> dict:
+        return C.parse("log", self.read(bb, 1))
+
+    def hblks(self, rec: dict) -> int:
+        """Header blocks of a record: v2 records bigger than 32 KiB add extended headers."""
+        if self.v2 and rec["h_version"] & C.XLOG_VERSION_2 and rec["h_size"] > C.XLOG_HEADER_CYCLE_SIZE:
+            return -(-rec["h_size"] // C.XLOG_HEADER_CYCLE_SIZE)
+        return 1
+
+    def last_header(self, start: int, end: int) -> int:
+        """The last record header in [start, end), or -1."""
+        if end <= start:
+            return -1
+        w = np.frombuffer(self.read(start, end - start), dtype=">u4")[:: C.BBSIZE // 4]
+        hits = np.flatnonzero(w == C.XLOG_HEADER_MAGIC_NUM)
+        return start + int(hits[-1]) if hits.size else -1
+
+    def back_off_partial(self, start: int, last: int, extra: int) -> int | None:
+        """Recovery's head check: the header before ``last`` (searched down to ``start``) must
+        begin a record ending there, else the head moves back to it. None: block 0 was reached."""
+        i = self.last_header(max(start, 0), last)
+        if i < 0:
+            if start > 0:
+                raise _Inconsistent("no record header before the head")
+            return None
+        rec = self.header(i)
+        if rec["h_fs_uuid"] not in (self.uuid, bytes(16)):
+            raise _Inconsistent("the log belongs to another filesystem")
+        if last - i + extra != -(-rec["h_len"] // C.BBSIZE) + self.hblks(rec):
+            return i
+        return last
+
+    def head(self) -> int:
+        n, first = self.n, self.cycle(0)
+        if first == 0:
+            raise _Inconsistent("zeroed log")
+        last = self.cycle(n - 1)
+        if last == 0:  # never wrapped: the head is where the zeroed blocks begin
+            head = self.cycle_start(0, n - 1, 0)
+            scan = min(self.total_scan, head)
+            hole = self.find_cycle(head - scan, scan, 0)
+            head = hole if hole != -1 else head
+            head = self.back_off_partial(head - scan, head, 0)
+            if head is None:
+                raise _Inconsistent("no record before the head")
+            return head
+        if first == last:  # one whole pass: the head is at the end, unless a hole shows earlier
+            head, stop = n, last - 1
+        elif first == last + 1:
+            head, stop = self.cycle_start(0, n - 1, last), last
+        else:
+            raise _Inconsistent(f"cycle {first} at the start and {last} at the end")
+        scan = self.total_scan
+        if head >= scan:
+            hole = self.find_cycle(head - scan, scan, stop)
+        else:
+            hole = self.find_cycle(n - (scan - head), scan - head, stop - 1)
+            if hole == -1:
+                hole = self.find_cycle(0, head, stop)
+        head = hole if hole != -1 else head
+        if head >= self.rec_scan:
+            head = self.back_off_partial(head - self.rec_scan, head, 0)
+            if head is None:
+                raise _Inconsistent("no record before the head")
+        else:
+            backed = self.back_off_partial(0, head, 0)
+            if backed is None:  # the record before the head wraps around the end of the log
+                backed = self.back_off_partial(n - (self.rec_scan - head), n, head)
+                if backed is None:
+                    raise _Inconsistent("no record before the head")
+                backed = head if backed == n else backed
+            head = backed
+        return 0 if head == n else head
+
+    def clean(self, check_crc: bool) -> bool:
+        n, head = self.n, self.head()
+        rblk = self.last_header(max(0, head - self.total_scan), head)
+        if rblk < 0:
+            rblk = self.last_header(max(head, n - self.total_scan), n)
+        if rblk < 0:
+            return False
+        rec = self.header(rblk)
+        hblks = self.hblks(rec)
+        data_bb = -(-rec["h_len"] // C.BBSIZE)
+        if (
+            rec["h_version"] not in (1, C.XLOG_VERSION_2)
+            or rec["h_lsn"] != (rec["h_cycle"] << 32 | rblk)
+            or not 0 < rec["h_len"] <= C.XLOG_MAX_RECORD_BSIZE
+            or rec["h_fs_uuid"] not in (self.uuid, bytes(16))
+        ):
+            return False
+        tail = rec["h_tail_lsn"] & 0xFFFFFFFF
+        after = (rblk + hblks + data_bb) % n
+        if after == head and rec["h_num_logops"] == 1:
+            op = self.read(rblk + hblks, 1)
+            if op[C.OP_CLIENTID_OFF] == C.XFS_LOG and op[C.OP_FLAGS_OFF] & C.XLOG_UNMOUNT_TRANS:
+                tail = after  # an unmount record: nothing before it needs replaying
+        if tail != head:
+            return False
+        # a torn deciding record is not a clean log (mkfs and xfs_repair write h_crc 0: no crc)
+        if check_crc and rec["h_crc"] != bytes(4):
+            raw = self.read(rblk, hblks + data_bb)
+            ext = b"".join(
+                raw[i * C.BBSIZE : i * C.BBSIZE + C.XLOG_REC_EXT_SIZE]
+                for i in range(1, -(-rec["h_len"] // C.XLOG_HEADER_CYCLE_SIZE))
+            )
+            data = raw[hblks * C.BBSIZE : hblks * C.BBSIZE + rec["h_len"]]
+            return any(_crc_ok(raw[:size] + ext + data, C.LOG_CRC_OFF) for size in C.XLOG_REC_SIZES)
+        return True
 
 
 class XfsReader:
@@ -207,95 +371,14 @@ class XfsReader:
     # ----------------------------------------------------------------- log
 
     def _log_state(self) -> str:
-        """"" when the internal log ends with an unmount record at its head, else DIRTY_LOG."""
-        n = self.log_blocks * self.block_size // C.BBSIZE  # log size in basic blocks
+        """"" when log recovery would find nothing to replay, else DIRTY_LOG (see ``_Log``)."""
+        v2 = self.v5 or bool(self.sb["sb_versionnum"] & C.XFS_SB_VERSION_LOGV2BIT)
         base = (self.log_agno * self.agblocks + self.log_agbno) * self.block_size
-
-        def read_bb(first: int, count: int) -> bytes:  # ``count`` basic blocks, wrapping around
-            parts = []
-            while count > 0:
-                first %= n
-                k = min(count, n - first)
-                data = _read_at(self._fh, base + first * C.BBSIZE, k * C.BBSIZE)
-                if len(data) != k * C.BBSIZE:
-                    raise FilesystemError("cannot read the XFS log")
-                parts.append(data)
-                first, count = first + k, count - k
-            return b"".join(parts)
-
-        def cycles(raw: bytes) -> np.ndarray:  # the cycle stamp of each basic block
-            w = np.frombuffer(raw, dtype=">u4").reshape(-1, C.BBSIZE // 4)
-            return np.where(w[:, 0] == C.XLOG_HEADER_MAGIC_NUM, w[:, 1], w[:, 0]).astype(np.int64)
-
-        def cycle(bb: int) -> int:
-            return int(cycles(read_bb(bb, 1))[0])
-
-        first, last = cycle(0), cycle(n - 1)
-        if first == 0:  # a zeroed log: not what mkfs or an unmount leaves
+        log = _Log(self._fh, base, self.log_blocks * self.block_size // C.BBSIZE, v2, self.sb["sb_uuid"])
+        try:
+            return "" if log.clean(check_crc=self.v5) else DIRTY_LOG
+        except _Inconsistent:
             return DIRTY_LOG
-        if first == last:  # the whole log is one pass: the head is at its end (== block 0)
-            head = 0
-        elif first == last + 1:  # binary search for the first block of the older pass
-            lo, hi = 0, n - 1
-            mid = (lo + hi) // 2
-            while mid not in (lo, hi):
-                lo, hi = (lo, mid) if cycle(mid) == last else (mid, hi)
-                mid = (lo + hi) // 2
-            head = hi
-        else:
-            return DIRTY_LOG
-        # Around the head every stamp must be exact: the current pass before it, the older one
-        # after it. Holes or stray stamps are writes in flight at a crash.
-        count = min(n, 2 * LOG_WINDOW_BB)
-        start = (head - count // 2) % n
-        window = read_bb(start, count)
-        pos = (start + np.arange(count)) % n
-        want = np.where((pos < head) | (first == last), first, last)
-        if not np.array_equal(cycles(window), want):
-            return DIRTY_LOG
-
-        def at(bb: int) -> int:  # byte offset of log block ``bb`` in ``window``
-            return ((bb - start) % n) * C.BBSIZE
-
-        words0 = np.frombuffer(window, dtype=">u4")[:: C.BBSIZE // 4]
-        rblk = None
-        for back in range(1, min(n, count // 2)):
-            bb = (head - back) % n
-            if words0[at(bb) // C.BBSIZE] == C.XLOG_HEADER_MAGIC_NUM:
-                rblk = bb
-                break
-        if rblk is None:
-            return DIRTY_LOG
-        rec = C.parse("log", window, at(rblk))
-        hblks = 1
-        if rec["h_version"] == C.XLOG_VERSION_2 and rec["h_size"] > C.XLOG_HEADER_CYCLE_SIZE:
-            hblks = -(-rec["h_size"] // C.XLOG_HEADER_CYCLE_SIZE)
-        data_bb = -(-rec["h_len"] // C.BBSIZE)
-        if (
-            rec["h_version"] not in (1, C.XLOG_VERSION_2)
-            or rec["h_lsn"] != (rec["h_cycle"] << 32 | rblk)
-            or rec["h_num_logops"] != 1
-            or not 0 < rec["h_len"] <= C.XLOG_MAX_RECORD_BSIZE
-            or rec["h_size"] > C.XLOG_MAX_RECORD_BSIZE
-            or (rblk + hblks + data_bb) % n != head
-            or rec["h_fs_uuid"] not in (self.sb["sb_uuid"], bytes(16))
-        ):
-            return DIRTY_LOG
-        op = at((rblk + hblks) % n)
-        if window[op + C.OP_CLIENTID_OFF] != C.XFS_LOG or not window[op + C.OP_FLAGS_OFF] & C.XLOG_UNMOUNT_TRANS:
-            return DIRTY_LOG
-        # CRC-enabled logs: a torn unmount record is not a clean log (mkfs writes h_crc 0, which
-        # log recovery accepts on v5 too)
-        if self.v5 and rec["h_crc"] != bytes(4):
-            header = window[at(rblk) : at(rblk) + C.BBSIZE]
-            data = read_bb((rblk + hblks) % n, data_bb)[: rec["h_len"]]
-            ext = b"".join(
-                window[at((rblk + i) % n) : at((rblk + i) % n) + 260]
-                for i in range(1, -(-rec["h_len"] // C.XLOG_HEADER_CYCLE_SIZE))
-            )
-            if not any(_crc_ok(header[:size] + ext + data, C.LOG_CRC_OFF) for size in C.XLOG_REC_SIZES):
-                return DIRTY_LOG
-        return ""
 
     # ----------------------------------------------------------------- free space
 

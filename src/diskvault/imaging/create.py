@@ -129,7 +129,8 @@ def create_image(opts: ImageOptions, progress: Progress | None = None) -> ImageR
         new_offsets, new_lengths, new_hashes = [], [], []
         try:
             encoder = CellEncoder(CellReader(source.fd, extents, header.chunk_size, source.size),
-                                  opts.compression, key.hash_key if key else None, sealer, parent_cells)
+                                  opts.compression, key.hash_key if key else None, sealer, parent_cells,
+                                  raw_cells=cells_for(plan.incompressible(), header.chunk_size))
             progress.start("imaging", int(extents[:, 1].sum()) if len(extents) else 0)
             for cell in ordered_map(encoder, cells.tolist()):
                 bytes_read += cell.bytes_read

@@ -124,11 +124,14 @@ class CellEncoder:
     stored: not all-zero, and different from what the parent state holds for that cell.
 
     ``parent`` is (sorted cell offsets, content hashes) of the parent state; empty for a Full. A
-    change-tracking source (btrfs generations, dm-era) can pass fewer cells to the same path."""
+    change-tracking source (btrfs generations, dm-era) can pass fewer cells to the same path.
+    ``raw_cells`` (sorted) are stored without trying to compress them (ciphertext)."""
 
     def __init__(self, reader: CellReader, level: str, hash_key: bytes | None = None,
-                 sealer: Sealer | None = None, parent: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                 sealer: Sealer | None = None, parent: tuple[np.ndarray, np.ndarray] | None = None,
+                 raw_cells: np.ndarray | None = None) -> None:
         self.reader, self.level, self.hash_key, self.sealer = reader, level, hash_key, sealer
+        self._raw_cells = raw_cells if raw_cells is not None else np.zeros(0, np.int64)
         self._parent_offsets, self._parent_hashes = parent if parent else (np.zeros(0, np.int64), None)
         sizes = {reader.chunk_size, reader.disk_size % reader.chunk_size} - {0}
         self._zero_hash = {n: codec.content_hash(bytes(n), hash_key) for n in sizes}
@@ -148,7 +151,9 @@ class CellEncoder:
                           in_parent=before is not None)
         if out.all_zero or digest == before:
             return out
-        out.codec_id, out.stored = codec.compress(data, self.level)
+        i = int(np.searchsorted(self._raw_cells, cell))
+        store_raw = i < len(self._raw_cells) and self._raw_cells[i] == cell
+        out.codec_id, out.stored = codec.compress(data, "none" if store_raw else self.level)
         if self.sealer:
             out.stored = self.sealer.seal(out.stored, self.sealer.chunk_aad(start, len(data), out.codec_id))
         return out

@@ -24,6 +24,7 @@ class PartitionPlan:
     method: str  # "used-blocks", "raw" or "skipped"
     extents: np.ndarray  # disk coordinates
     note: str = ""
+    compressible: bool = True  # False for ciphertext (LUKS, BitLocker): the compressor is skipped
 
     def to_dict(self) -> dict:
         d = self.partition.to_dict()
@@ -43,22 +44,37 @@ class ImagePlan:
         parts = [p.extents for p in self.partitions] + [self.outside]
         return ext.merge(np.concatenate(parts)) if parts else ext.EMPTY.copy()
 
+    def incompressible(self) -> np.ndarray:
+        """Bytes not worth compressing (encrypted volumes)."""
+        parts = [p.extents for p in self.partitions if not p.compressible]
+        return ext.merge(np.concatenate(parts)) if parts else ext.EMPTY.copy()
 
-def probe_filesystem(source: Source, start: int, size: int) -> tuple[FsInfo | None, np.ndarray | None, str]:
-    """(info, used extents relative to start, note). Unknown or unreadable → (info?, None, why)."""
-    window = Window(source.fd, start, size)
+
+@dataclass
+class Probed:
+    info: FsInfo | None
+    used: np.ndarray | None  # relative to the partition start; None: image every block
+    note: str
+    compressible: bool = True
+
+
+def probe_filesystem(fd: int, start: int, size: int) -> Probed:
+    """What is in [start, start+size) of ``fd``. Unknown or unreadable → used None, with the reason."""
+    window = Window(fd, start, size)
     reader_cls = probe(window)
     if reader_cls is None:
-        return None, None, "unknown content: every block imaged"
+        return Probed(None, None, "unknown content: every block imaged")
+    compressible = getattr(reader_cls, "compressible", True)
+    info = None
     try:
         reader = reader_cls(window, size)
         info = reader.info()
         used = reader.used_extents()
     except FilesystemError as e:
-        return None, None, f"{e}; every block imaged"
+        return Probed(info, None, f"{e}; every block imaged", compressible)
     if len(used) and int(used[-1, 0] + used[-1, 1]) > size:
         used = ext.clip(used, 0, size)
-    return info, used, info.note
+    return Probed(info, used, info.note, compressible)
 
 
 def make_plan(source: Source, partitions: list[int] | None = None, forensic: bool = False) -> ImagePlan:
@@ -78,15 +94,13 @@ def make_plan(source: Source, partitions: list[int] | None = None, forensic: boo
         if partitions and part.number not in partitions:
             plan.partitions.append(PartitionPlan(part, None, "skipped", ext.EMPTY.copy(), "not selected"))
             continue
-        info, used, note = probe_filesystem(source, part.start, part.size)
+        found = probe_filesystem(source.fd, part.start, part.size)
         if forensic:
-            used, note = None, "forensic: every sector imaged"
-        if used is None:
-            plan.partitions.append(PartitionPlan(part, info, "raw", ext.whole(part.size) if part.size else
-                                                 ext.EMPTY.copy(), note))
-            plan.partitions[-1].extents = ext.shift(plan.partitions[-1].extents, part.start)
-        else:
-            plan.partitions.append(PartitionPlan(part, info, "used-blocks", ext.shift(used, part.start), note))
+            found.used, found.note = None, "forensic: every sector imaged"
+        method = "raw" if found.used is None else "used-blocks"
+        used = ext.whole(part.size) if found.used is None else found.used
+        plan.partitions.append(PartitionPlan(part, found.info, method, ext.shift(used, part.start), found.note,
+                                             found.compressible))
     # Everything outside data partitions (table, boot loader gap, EBRs, tail) is kept, zeros skipped.
     covered = ext.merge(np.array([[p.start, p.size] for p in data_parts], dtype=np.uint64).reshape(-1, 2))
     plan.outside = ext.complement(covered, source.size)
