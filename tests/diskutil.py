@@ -174,3 +174,102 @@ def sha256_file(path: str, offset: int = 0, length: int | None = None) -> str:
             h.update(chunk)
             remaining -= len(chunk)
     return h.hexdigest()
+
+
+ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+MS_DATA = "EBD0A0A2-B9E5-4433-87C0-68B97B26B9C7"
+SWAP = "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F"
+
+
+@contextlib.contextmanager
+def ntfs_mounted(image: str, mountpoint: str, read_only: bool = True) -> Iterator[str]:
+    """An NTFS image file through ntfs-3g (FUSE; the kernel here has no NTFS driver)."""
+    os.makedirs(mountpoint, exist_ok=True)
+    sh("ntfs-3g", "-o", "ro" if read_only else "rw", image, mountpoint)
+    try:
+        yield mountpoint
+    finally:
+        sh("umount", mountpoint, check=False)
+
+
+def fat_manifest(image: str, workdir: str) -> dict[str, tuple]:
+    """Files of a FAT image copied out with mtools (no kernel vfat here), as a manifest."""
+    out = os.path.join(workdir, "fat-out")
+    if os.path.exists(out):
+        sh("rm", "-rf", out)
+    os.makedirs(out)
+    sh("mcopy", "-s", "-n", "-i", image, "::/*", out)
+    return {k: v[5] for k, v in manifest(out, times=False).items()}
+
+
+def extract(disk: str, part: "Part", path: str) -> str:
+    """Copy a partition's bytes to a file of its own (for tools that want a file)."""
+    with open(disk, "rb") as src, open(path, "wb") as dst:
+        src.seek(part.start)
+        left = part.size
+        while left:
+            chunk = src.read(min(left, 4 * MiB))
+            dst.write(chunk)
+            left -= len(chunk)
+    return path
+
+
+def build_mixed_disk(path: str, workdir: str) -> dict[str, Part]:
+    """GPT: FAT32 ESP (40 MiB), NTFS (48 MiB), ext4 (48 MiB), swap (8 MiB), each with real files."""
+    sizes = {"esp": 40, "ntfs": 48, "ext4": 48, "swap": 8}
+    types = {"esp": ESP, "ntfs": MS_DATA, "ext4": LINUX, "swap": SWAP}
+    with open(path, "wb") as f:
+        f.truncate((sum(sizes.values()) + 2) * MiB)
+    start, lines, parts = 2048, ["label: gpt"], {}
+    for name, mib in sizes.items():
+        lines.append(f'start={start}, size={mib * 2048}, type={types[name]}, name="{name}"')
+        parts[name] = Part(mib, name, start=start * 512, size=mib * MiB)
+        start += mib * 2048
+    sh("sfdisk", "-q", path, input="\n".join(lines) + "\n")
+    trees = {}
+    for i, name in enumerate(("esp", "ntfs", "ext4")):
+        trees[name] = os.path.join(workdir, f"tree-{name}")
+        make_tree(trees[name], seed=20 + i, files=30, max_size=400_000)
+    piece = os.path.join(workdir, "piece.img")
+    for name, part in parts.items():
+        with open(piece, "wb") as f:
+            f.write(random.Random(part.start).randbytes(part.size))  # garbage where nothing is written
+        if name == "esp":
+            sh("mkfs.vfat", "-F", "32", "-n", "ESP", piece)
+            sh("mcopy", "-s", "-i", piece, *[os.path.join(trees[name], n) for n in sorted(os.listdir(trees[name]))
+                                             if not os.path.islink(os.path.join(trees[name], n))], "::/")
+        elif name == "ntfs":
+            sh("mkntfs", "-q", "-f", "-F", "-L", "WINDOWS", piece)
+            with ntfs_mounted(piece, os.path.join(workdir, "ntfs-mnt"), read_only=False) as mnt:
+                sh("cp", "-r", "--no-preserve=ownership", *[os.path.join(trees[name], n)
+                                                             for n in os.listdir(trees[name])], mnt)
+        elif name == "ext4":
+            sh("mke2fs", "-q", "-F", "-t", "ext4", "-E", "nodiscard", "-L", "linux", "-d", trees[name], piece)
+        else:
+            sh("mkswap", "-L", "swap", piece)
+        with open(piece, "rb") as src, open(path, "r+b") as dst:
+            dst.seek(part.start)
+            dst.write(src.read())
+    os.unlink(piece)
+    return parts
+
+
+def mixed_disk_state(disk: str, parts: dict[str, Part], workdir: str) -> dict:
+    """Checks each filesystem with its own tool and returns its files' content hashes."""
+    state = {}
+    esp = extract(disk, parts["esp"], os.path.join(workdir, "esp.part"))
+    r = sh("fsck.fat", "-n", esp, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    state["esp"] = fat_manifest(esp, workdir)
+    ntfs = extract(disk, parts["ntfs"], os.path.join(workdir, "ntfs.part"))
+    r = sh("ntfsfix", "-n", ntfs, check=False)
+    assert r.returncode == 0 and "bad" not in r.stdout.lower(), r.stdout + r.stderr
+    with ntfs_mounted(ntfs, os.path.join(workdir, "ntfs-ro")) as mnt:
+        state["ntfs"] = {k: v[5] for k, v in manifest(mnt, times=False).items()}
+    fsck_clean(disk, parts["ext4"])
+    state["ext4"] = partition_manifest(disk, parts["ext4"], os.path.join(workdir, "ext4-ro"))
+    blkid = sh("blkid", "-p", "-o", "export", "--offset", str(parts["swap"].start), disk).stdout
+    state["swap"] = sorted(line for line in blkid.splitlines() if line.split("=")[0] in ("TYPE", "UUID", "LABEL"))
+    for p in (esp, ntfs):
+        os.unlink(p)
+    return state

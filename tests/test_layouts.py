@@ -124,3 +124,22 @@ def test_forensic_mode_keeps_every_sector(tmp_path):
         fsck_clean(restored, part)
         same = sha256_file(restored) == sha256_file(disk)
         assert same == (name == "forensic")
+
+
+def test_gpt_with_ntfs_esp_ext4_swap_round_trips(tmp_path):
+    from diskutil import build_mixed_disk, mixed_disk_state
+
+    disk = str(tmp_path / "disk.img")
+    parts = build_mixed_disk(disk, str(tmp_path))
+    before = mixed_disk_state(disk, parts, str(tmp_path))
+    assert len(before["ntfs"]) > 20 and len(before["esp"]) > 20 and "TYPE=swap" in before["swap"]
+    res = image(disk, str(tmp_path / "images"))
+    info = json.loads(dv("info", res["image"], "--json").stdout)
+    assert [(p["fs"]["fstype"], p["method"]) for p in info["partitions"]] == \
+        [("vfat", "used-blocks"), ("ntfs", "used-blocks"), ("ext4", "used-blocks"), ("swap", "used-blocks")]
+    assert info["partitions"][1]["fs"]["label"] == "WINDOWS"
+    used = sum(p["fs"]["used_bytes"] for p in info["partitions"])
+    assert res["bytes_read"] <= used * 1.05 + 3 * MiB
+    restored = str(tmp_path / "restored.img")
+    dv("restore", res["image"], restored, "--yes")
+    assert mixed_disk_state(restored, parts, str(tmp_path)) == before
