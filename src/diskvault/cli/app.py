@@ -1,18 +1,15 @@
-"""The diskvault command: a Typer root with one thin module per command."""
+"""The diskvault command: a Typer root; every ``cli/*_cmd.py`` module adds its command(s) through
+``register(app)``, so a new command is one new module."""
 
 from __future__ import annotations
 
+import importlib
 import logging
+import pkgutil
 
 import typer
 
-from diskvault import __version__
-from diskvault.cli.disks_cmd import disks
-from diskvault.cli.image_cmd import image
-from diskvault.cli.info_cmd import info
-from diskvault.cli.merge_cmd import merge
-from diskvault.cli.restore_cmd import restore
-from diskvault.cli.verify_cmd import verify
+from diskvault import __version__, cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Disk imaging, cloning and backup for Linux.",
@@ -33,8 +30,8 @@ def root(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="diskvault: %(message)s")
 
 
-for command in (disks, image, info, verify, restore, merge):
-    app.command()(command)
+for _module in sorted(m.name for m in pkgutil.iter_modules(cli.__path__) if m.name.endswith("_cmd")):
+    importlib.import_module(f"diskvault.cli.{_module}").register(app)
 
 
 def main() -> None:

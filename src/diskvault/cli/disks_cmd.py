@@ -51,3 +51,7 @@ def disks(
 
 
 disks.__doc__ = (disks.__doc__ or "") + EXIT_STATUS_HELP
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(disks)

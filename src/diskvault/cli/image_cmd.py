@@ -63,3 +63,7 @@ def image(
 
 
 image.__doc__ = (image.__doc__ or "") + EXIT_STATUS_HELP
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(image)

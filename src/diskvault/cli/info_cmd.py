@@ -92,3 +92,7 @@ def info(
 
 
 info.__doc__ = (info.__doc__ or "") + EXIT_STATUS_HELP
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(info)

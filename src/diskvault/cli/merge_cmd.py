@@ -28,3 +28,7 @@ def merge(
 
 
 merge.__doc__ = (merge.__doc__ or "") + EXIT_STATUS_HELP
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(merge)

@@ -33,3 +33,7 @@ def restore(
 
 
 restore.__doc__ = (restore.__doc__ or "") + EXIT_STATUS_HELP
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(restore)

@@ -35,3 +35,7 @@ def verify(
 
 
 verify.__doc__ = (verify.__doc__ or "") + EXIT_STATUS_HELP
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(verify)
