@@ -12,6 +12,7 @@ chain has the same state hash as the chain, so merging never breaks the links of
 
 from __future__ import annotations
 
+import io
 import os
 from collections import OrderedDict
 from threading import Lock
@@ -166,3 +167,43 @@ class Chain:
                 out[pos - offset:cell_end - offset] = self.cell(j)[pos - cell_start:cell_end - cell_start]
             pos = cell_end
         return bytes(out)
+
+
+class ChainWindow(io.RawIOBase):
+    """A read-only, seekable file-like view of ``size`` bytes at ``offset`` of a chain's disk, so
+    filesystem readers (which take a BinaryIO) can read a partition straight out of an image."""
+
+    def __init__(self, chain: Chain, offset: int = 0, size: int | None = None) -> None:
+        super().__init__()
+        self._chain, self._base = chain, offset
+        self._size = chain.disk_size - offset if size is None else size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        n = max(0, min(len(view), self._size - self._pos))
+        view[:n] = self._chain.read(self._base + self._pos, n)
+        self._pos += n
+        return n
+
+    def pread(self, offset: int, length: int) -> bytes:
+        self.seek(offset)
+        return self.read(length) or b""
+
+    @property
+    def size(self) -> int:
+        return self._size
