@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOCS_FILE = REPO / "docs" / "BENCHMARKS.md"
 OUT_DIR = REPO / "bench" / "out"
 SECTION = "## Disk images: ext4 (issue 2)"
+DV_RESTORED, PC_RESTORED = "dv-restored.img", "pc-restored.part"  # restore targets, under the run dir
 
 RECIPE = 1  # bump when the disk contents recipe changes, so cached disks are rebuilt
 MB = 1_000_000
@@ -347,7 +348,7 @@ def run_steps(disk: Path, part: Partition, run_dir: Path, repeat: int) -> dict[s
     logdir.mkdir()
     env = diskvault_env()
     dv_dir, pc_image, qcow2 = run_dir / "dv", run_dir / "part.pc.zst", run_dir / "disk.qcow2"
-    restored, pc_restored = run_dir / "dv-restored.img", run_dir / "pc-restored.part"
+    restored, pc_restored = run_dir / DV_RESTORED, run_dir / PC_RESTORED
     steps: dict[str, Step] = {}
     steps["dv_image"] = repeated(repeat, lambda: image_with_diskvault(
         "diskvault image --no-verify", disk, dv_dir, logdir, verify=False))
@@ -387,7 +388,7 @@ def run_steps(disk: Path, part: Partition, run_dir: Path, repeat: int) -> dict[s
 def check_restores(disk: Path, part: Partition, run_dir: Path) -> list[str]:
     """Fail loudly unless diskvault's restore has the original GPT, a clean ext4 and the same files;
     partclone's restore must check clean too, or its timing means nothing."""
-    restored, pc_restored = run_dir / "dv-restored.img", run_dir / "pc-restored.part"
+    restored, pc_restored = run_dir / DV_RESTORED, run_dir / PC_RESTORED
     if gpt_layout(restored) != gpt_layout(disk):
         raise RuntimeError(f"{restored}: partition table differs from the original")
     with ExitStack() as stack:
@@ -420,7 +421,17 @@ def version(cmd: list[str], **kw) -> str:
     return found.group(0) if found else "?"
 
 
-def machine_facts(disk: Path, facts: dict, workdir: Path) -> list[tuple[str, str]]:
+def source_revision() -> str:
+    """Which diskvault was measured: the commit, and whether src/ had uncommitted changes."""
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], check=False,
+                          capture_output=True, text=True)
+    if head.returncode != 0:
+        return "unknown (not a git checkout)"
+    dirty = run(["git", "-C", str(REPO), "status", "--porcelain", "src"]).stdout.strip()
+    return head.stdout.strip() + (" + uncommitted changes in src/" if dirty else "")
+
+
+def machine_facts(disk: Path, facts: dict, workdir: Path, load: tuple[float, ...]) -> list[tuple[str, str]]:
     mem_kib = int(proc_field("/proc/meminfo", "MemTotal").split()[0])
     fstype = run(["df", "--output=fstype", str(workdir)]).stdout.split()[-1]
     tools = {
@@ -435,11 +446,13 @@ def machine_facts(disk: Path, facts: dict, workdir: Path) -> list[tuple[str, str
         ("memory", f"{mem_kib / 2**20:.1f} GiB"),
         ("kernel", platform.release()),
         ("python", platform.python_version()),
+        ("load average at start", "{:.2f} {:.2f} {:.2f} (other work skews the times)".format(*load)),
         ("workdir", f"{workdir} ({fstype})"),
         ("disk", f"{disk.stat().st_size / 2**30:.2f} GiB GPT disk image, one ext4 partition filling it"),
         ("used", (f"{facts['used_bytes'] / MB:.0f} MB in {facts['used_inodes']} inodes: system files "
                   "from /usr and incompressible files; free space holds deleted files and random garbage")),
         ("tools", ", ".join(f"{name} {v}" for name, v in tools.items())),
+        ("diskvault source", source_revision()),
     ]
 
 
@@ -568,13 +581,15 @@ def main() -> None:
     run_dir = workdir / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir()
+    load = os.getloadavg()
     try:
         steps = run_steps(disk, part, run_dir, args.repeat)
         checks = check_restores(disk, part, run_dir)
     except BaseException:
         log(f"failed: outputs and logs left in {run_dir}")
         raise
-    section = report(machine_facts(disk, facts, workdir), steps, facts["used_bytes"], checks, args.repeat)
+    machine = machine_facts(disk, facts, workdir, load)
+    section = report(machine, steps, facts["used_bytes"], checks, args.repeat)
     if not args.keep:
         shutil.rmtree(run_dir)
     OUT_DIR.mkdir(parents=True, exist_ok=True)

@@ -192,7 +192,7 @@ def test_encrypted_image_hides_plaintext_and_rejects_wrong_password(tmp_path, mo
         f.seek(HEADER_SIZE + 100)
         f.write(bytes([b[0] ^ 0x40]))
     r = dv("verify", res["image"], "--password-file", str(pwfile), check=False)
-    assert r.returncode == 1 and "damaged data in disk bytes 0-1048575" in r.stderr
+    assert r.returncode == 1 and "damaged data in disk bytes 0-4194303" in r.stderr
 
 
 def test_split_multi_gib_disk_restores_exactly_and_names_missing_part(tmp_path):

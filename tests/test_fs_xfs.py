@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from diskutil import loop_device, make_tree, manifest, sha256_file
+from diskutil import loop_device, make_tree, manifest
 
 from diskvault.errors import FilesystemError
 from diskvault.fs import base
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def run(*args: str | Path, check: bool = True, input: str | None = None) -> str:
-    r = subprocess.run([str(a) for a in args], capture_output=True, text=True, input=input,
+    r = subprocess.run([str(a) for a in args], check=False, capture_output=True, text=True, input=input,
                        env={**os.environ, "LC_ALL": "C"})
     if check and r.returncode != 0:
         raise AssertionError(f"{args[0]} exited {r.returncode}: {r.stdout}{r.stderr.split('Usage:')[0]}")
@@ -52,8 +52,7 @@ def mkfs(path: Path, size: int, *args: str, garbage: bool = True) -> Path:
     with open(path, "wb") as f:
         if garbage:
             rng = np.random.default_rng(size)
-            for _ in range(size // MiB):
-                f.write(rng.integers(0, 256, MiB, dtype=np.uint8).tobytes())
+            f.writelines(rng.integers(0, 256, MiB, dtype=np.uint8).tobytes() for _ in range(size // MiB))
         f.truncate(size)
     run("mkfs.xfs", "-q", "-f", "-K", "--unsupported", *args, path)
     return path
@@ -94,18 +93,18 @@ def xfs_db(img: Path, *cmds: str) -> str:
 
 
 def sb_field(img: Path, name: str) -> int:
-    return int(re.search(rf"^{name} = (\d+)", xfs_db(img, "sb 0", f"print {name}"), re.M).group(1))
+    return int(re.search(rf"^{name} = (\d+)", xfs_db(img, "sb 0", f"print {name}"), re.MULTILINE).group(1))
 
 
 def xfs_db_free(img: Path) -> tuple[np.ndarray, int]:
     """Per-block free mask: xfs_db's free extents (bnobt) minus the AGFL blocks."""
     dblocks, agblocks, agcount = (sb_field(img, f) for f in ("dblocks", "agblocks", "agcount"))
     free = np.zeros(dblocks, dtype=bool)
-    for m in re.finditer(r"^\s+(\d+)\s+(\d+)\s+(\d+)$", xfs_db(img, "freesp -d"), re.M):
+    for m in re.finditer(r"^\s+(\d+)\s+(\d+)\s+(\d+)$", xfs_db(img, "freesp -d"), re.MULTILINE):
         ag, bno, n = map(int, m.groups())
         free[ag * agblocks + bno : ag * agblocks + bno + n] = True
     agfl = xfs_db(img, *(c for ag in range(agcount) for c in (f"agfl {ag}", "print bno")))
-    for ag, line in enumerate(re.findall(r"^bno\[.*$", agfl, re.M)):
+    for ag, line in enumerate(re.findall(r"^bno\[.*$", agfl, re.MULTILINE)):
         for bno in re.findall(r"\d+:(\d+)", line):
             free[ag * agblocks + int(bno)] = False
     return free, agblocks
@@ -280,7 +279,7 @@ def v4_contents(img: Path, offset: int, size: int, src: Path, tmp: Path) -> None
     for p in sorted(src.rglob("*")):
         rel = p.relative_to(src)
         if p.is_dir():
-            names = set(re.findall(r" (\S+) \(good\)$", xfs_db(part, f"ls /{rel}"), re.M)) - {".", ".."}
+            names = set(re.findall(r" (\S+) \(good\)$", xfs_db(part, f"ls /{rel}"), re.MULTILINE)) - {".", ".."}
             assert names == {c.name for c in p.iterdir()} | ({"lnk"} if rel == Path(".") else set())
             continue
         out = xfs_db(part, f"path /{rel}", "bmap", "print core.size")
@@ -302,7 +301,7 @@ FIGURES: dict[str, str] = {}
 @pytest.mark.root
 @pytest.mark.parametrize("case", E2E)
 def test_image_restore_roundtrip(tmp_path, monkeypatch, case):
-    import diskvault.fs.registry as registry
+    from diskvault.fs import registry
     from diskvault.imaging.create import ImageOptions, create_image
     from diskvault.imaging.inspect import describe_image
     from diskvault.imaging.restore import RestoreOptions, restore_image
@@ -357,7 +356,7 @@ def test_image_restore_roundtrip(tmp_path, monkeypatch, case):
         b.seek(start + s)
         assert a.read(n) != bytes(n) and b.read(n) == bytes(n)
     with loop_device(str(restored), start, size, read_only=True) as dev:
-        r = subprocess.run(["xfs_repair", "-n", dev], capture_output=True, text=True)
+        r = subprocess.run(["xfs_repair", "-n", dev], check=False, capture_output=True, text=True)
     assert r.returncode == 0 and "No modify flag set, skipping filesystem flush" in r.stderr, r.stderr
     if case == "v4-proto":
         v4_contents(restored, start, size, src, tmp_path)
@@ -437,12 +436,12 @@ def test_wrapped_log(tmp_path):
 
 @pytest.mark.root
 def test_dirty_log_images_every_block(tmp_path, monkeypatch):
-    import diskvault.fs.registry as registry
+    from diskvault.fs import registry
     from diskvault.imaging.create import ImageOptions, create_image
     from diskvault.imaging.inspect import describe_image
 
     monkeypatch.setattr(registry, "READERS", [XfsReader, *registry.READERS])
-    disk, _, size = build_disk(tmp_path, dirty(tmp_path, 32 * MiB))
+    disk, _, _ = build_disk(tmp_path, dirty(tmp_path, 32 * MiB))
     (tmp_path / "img").mkdir()
     res = create_image(ImageOptions(source=str(disk), to=str(tmp_path / "img")))
     (p,) = describe_image(res.image)["partitions"]
@@ -514,7 +513,7 @@ def test_meta_uuid(tmp_path):
 
 
 def test_probe(tmp_path, monkeypatch):
-    import diskvault.fs.registry as registry
+    from diskvault.fs import registry
 
     monkeypatch.setattr(registry, "READERS", [XfsReader, *registry.READERS])
     zero = tmp_path / "zero.img"

@@ -104,7 +104,7 @@ def test_luks_is_imaged_whole_without_compression(tmp_path):
     assert p["fs"]["fstype"] == "crypto_LUKS" and p["fs"]["label"] == "vault"
     with ImageFile(res["image"]) as img:
         inside = img.index[(img.index["disk_offset"] >= part.start) & (img.index["disk_offset"] < part.start + part.size)]
-        assert len(inside) == part.size // MiB and (inside["codec"] == CODEC_NONE).all()
+        assert len(inside) >= part.size // img.chunk_size and (inside["codec"] == CODEC_NONE).all()
     restored = str(tmp_path / "restored.img")
     dv("restore", res["image"], restored, "--yes")
     assert sha256_file(restored) == sha256_file(disk)

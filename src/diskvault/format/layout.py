@@ -17,7 +17,7 @@ FOOTER_MAGIC = b"DVIMGEND"
 HEADER_SIZE = 4096
 FOOTER_SIZE = 256
 HASH_SIZE = 16  # BLAKE3 output truncated to 128 bits
-DEFAULT_CHUNK_SIZE = 1 << 20
+DEFAULT_CHUNK_SIZE = 4 << 20  # bigger cells compress better; smaller ones make finer increments
 
 FLAG_ENCRYPTED = 1 << 0
 

@@ -9,6 +9,7 @@ from diskvault.fs.ext import ExtReader
 from diskvault.fs.fat import FatReader
 from diskvault.fs.ntfs import NtfsReader
 from diskvault.fs.swap import SwapReader
+from diskvault.fs.xfs import XfsReader
 
-READERS = [ExtReader, NtfsReader, BtrfsReader, SwapReader, EncryptedVolumeReader, ExfatReader,
+READERS = [ExtReader, NtfsReader, XfsReader, BtrfsReader, SwapReader, EncryptedVolumeReader, ExfatReader,
            FatReader]  # FAT last: its probe is a heuristic

@@ -5,17 +5,18 @@ by-block-number free-space B+tree (bnobt) records, cross-checked against the AGF
 Everything the bnobt does not list stays used: AG headers, inodes, file data, the btrees
 themselves, the AGFL reserve blocks and the internal log.
 
-The free-space trees describe the filesystem only as of the last log checkpoint written back;
-a log that still holds changes (crash, shutdown, still mounted) may have allocated more. So the
-log is read first, the way log recovery finds its head: the per-512-byte cycle stamps locate the
-head, and the log is clean only when the record just before the head is the unmount record.
-Anything irregular near the head counts as dirty, which images every block (never too few).
+The free-space trees are only current when the log holds nothing to replay; after a crash, a
+shutdown or while mounted and busy, the log may hold allocations the trees do not show yet. The
+log is checked the way log recovery does it (``_Log``): the cycle stamp every 512-byte log block
+carries finds the head, the last record before it gives the tail (or the head itself, when that
+record is the unmount record), and the log is clean when they meet. Otherwise the reader refuses
+and the caller images every block.
 
-``used_bytes`` is ``(sb_dblocks - sb_fdblocks) * blocksize``: everything the counters do not
-call free, *including the internal log* (df leaves the log out of both size and used, and also
-hides the AG reservations, so df's Used is smaller by about the log size). sb_fdblocks counts AGFL
-and free-space btree blocks as free, so the bytes imaged exceed used_bytes by those few blocks.
-The structures are declared in ``c_xfs``.
+``used_bytes`` is ``(sb_dblocks - sb_fdblocks) * blocksize``: what the on-disk counters do not
+call free, *including the internal log* (which is imaged). df leaves the log out of both size
+and used, so df's Used + the log size is within a few blocks (the in-core set-aside) of
+used_bytes. sb_fdblocks counts the AGFL and free-space btree blocks as free; they are read, so
+the bytes imaged exceed used_bytes by those few blocks per AG. The structures are in ``c_xfs``.
 """
 
 from __future__ import annotations
@@ -92,11 +93,9 @@ def crc32c(data: bytes) -> int:
     return reg ^ 0xFFFFFFFF
 
 
-def _crc_ok(buf: bytes, off: int, length: int | None = None) -> bool:
-    """The little-endian crc32c at ``off`` matches ``buf[:length]`` with that field zeroed."""
-    end = len(buf) if length is None else length
-    want = buf[off : off + 4]
-    return struct.pack("<I", crc32c(buf[:off] + bytes(4) + buf[off + 4 : end])) == want
+def _crc_ok(buf: bytes, off: int) -> bool:
+    """The little-endian crc32c at ``off`` matches ``buf`` with that field zeroed."""
+    return struct.pack("<I", crc32c(buf[:off] + bytes(4) + buf[off + 4 :])) == buf[off : off + 4]
 
 
 def _uuid_str(raw: bytes) -> str:

@@ -42,6 +42,8 @@ class ImageOptions:
     password: PasswordSource | None = None
     split_size: int | None = None
     forensic: bool = False
+    created_ns: int | None = None  # when the backup counts as taken (a scheduler's clock); None: now
+    extra_metadata: dict | None = None  # more metadata keys, e.g. the backup definition that made it
 
 
 @dataclass
@@ -62,8 +64,8 @@ class ImageResult:
 
 
 def _new_header(opts: ImageOptions, disk_size: int, parent: Chain | None, image_type: int) -> Header:
-    h = Header(image_id=secrets.token_bytes(8), created_ns=time.time_ns(), chunk_size=opts.chunk_size,
-               disk_size=disk_size, writer=f"diskvault {__version__}", image_type=image_type)
+    h = Header(image_id=secrets.token_bytes(8), created_ns=opts.created_ns or time.time_ns(),
+               chunk_size=opts.chunk_size, disk_size=disk_size, writer=f"diskvault {__version__}", image_type=image_type)
     if parent is not None:
         p = parent.head.header
         h.image_id, h.chunk_size = p.image_id, p.chunk_size
@@ -156,7 +158,7 @@ def create_image(opts: ImageOptions, progress: Progress | None = None) -> ImageR
                 "table": plan.table.to_dict(),
                 "partitions": [p.to_dict() for p in plan.partitions],
                 "stats": {"bytes_read": bytes_read, "bytes_imaged": int(extents[:, 1].sum()) if len(extents) else 0},
-            }
+            } | (opts.extra_metadata or {})
             digest = state_hash(source.size, np.array(new_offsets, dtype=np.int64),
                                 np.array(new_lengths, dtype=np.int64), np.array(new_hashes, dtype="V16"))
             path = writer.finish(extents, metadata, digest)
