@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import io
+import os
+import posixpath
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import BinaryIO, ClassVar, Protocol
+from typing import Any, BinaryIO, ClassVar, Protocol
 
 
 @dataclass
@@ -24,6 +30,7 @@ class Entry:
     inode: int | None = None
     link_target: str | None = None
     xattrs: dict[str, bytes] = field(default_factory=dict)
+    btime_ns: int | None = None  # creation (birth) time, where the filesystem keeps one
 
 
 class FileTree(Protocol):
@@ -42,3 +49,107 @@ class FileTree(Protocol):
 
     def open(self, path: str) -> BinaryIO:
         """A read-only, seekable file object for a regular file's data."""
+
+
+class ReadAtFile(io.RawIOBase):
+    """A read-only, seekable file over ``read_at(offset, length)`` (which returns exactly that many
+    bytes): what FileTree.open hands out for data scattered over a volume."""
+
+    def __init__(self, size: int, read_at: Callable[[int, int], bytes]) -> None:
+        super().__init__()
+        self._size, self._read_at, self._pos = size, read_at, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        n = max(0, min(len(view), self._size - self._pos))
+        if n:
+            view[:n] = self._read_at(self._pos, n)
+            self._pos += n
+        return n
+
+    def readall(self) -> bytes:
+        return self.read(max(0, self._size - self._pos)) or b""
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+
+class WalkedTree:
+    """Path lookup for trees that read a directory whole (FAT, exFAT, NTFS): subclasses give the
+    root and read one directory into (Entry, handle) pairs; the last directories read are kept, so
+    a walk reads each parent once. Names match exactly, else case-insensitively (as those
+    filesystems look names up); intermediate symlinks are not followed."""
+
+    DIRS_KEPT = 256
+
+    def __init__(self) -> None:
+        self._dirs: OrderedDict[str, dict[str, tuple[Entry, Any]]] = OrderedDict()
+
+    def _root(self) -> tuple[Entry, Any]:
+        raise NotImplementedError
+
+    def _read_dir(self, entry: Entry, handle: Any) -> Iterable[tuple[Entry, Any]]:
+        raise NotImplementedError
+
+    def _open(self, entry: Entry, handle: Any) -> BinaryIO:
+        raise NotImplementedError
+
+    def _children(self, entry: Entry, handle: Any) -> dict[str, tuple[Entry, Any]]:
+        kids = self._dirs.get(entry.path)
+        if kids is None:
+            kids = {e.name: (e, h) for e, h in self._read_dir(entry, handle)}
+            self._dirs[entry.path] = kids
+            while len(self._dirs) > self.DIRS_KEPT:
+                self._dirs.popitem(last=False)
+        else:
+            self._dirs.move_to_end(entry.path)
+        return kids
+
+    def _resolve(self, path: str) -> tuple[Entry, Any]:
+        entry, handle = self._root()
+        for name in posixpath.normpath("/" + path).split("/"):
+            if not name:
+                continue
+            if entry.kind != "dir":
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+            kids = self._children(entry, handle)
+            hit = kids.get(name)
+            if hit is None:
+                folded = name.casefold()
+                hit = next((v for k, v in kids.items() if k.casefold() == folded), None)
+            if hit is None:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+            entry, handle = hit
+        return entry, handle
+
+    def stat(self, path: str) -> Entry:
+        return self._resolve(path)[0]
+
+    def listdir(self, path: str) -> list[Entry]:
+        entry, handle = self._resolve(path)
+        if entry.kind != "dir":
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+        return sorted((e for e, _ in self._children(entry, handle).values()), key=lambda e: e.name)
+
+    def open(self, path: str) -> BinaryIO:
+        entry, handle = self._resolve(path)
+        if entry.kind == "dir":
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        if entry.kind != "file":
+            raise OSError(errno.EINVAL, f"not a regular file ({entry.kind})", path)
+        return self._open(entry, handle)

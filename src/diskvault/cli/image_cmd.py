@@ -44,7 +44,7 @@ def image(
         typer.echo(f"diskvault: {note}", err=True)
     out = result.to_dict()
     if verify:
-        check = verify_image(result.image, for_terminal(json_out), password)
+        check = verify_image(result.image, for_terminal(json_out), password, newest_only=True)
         out["verified"] = check.ok
         if not check.ok:
             for e in check.errors:

@@ -239,3 +239,78 @@ def _regions(primary: Header | None, backup: Header | None, ss: int, total: int)
         regions.append(Region(alt * ss, ss, "gpt-backup-header"))
     regions.sort(key=lambda r: r.start)
     return regions
+
+
+# ----------------------------------------------------------------------------- writing
+
+DEFAULT_ENTRIES = 128
+REVISION_1_0 = 0x00010000
+
+
+def primary_header(fh: BinaryIO, disk_size: int, sector_size: int = 512) -> Header | None:
+    """The valid primary header (with its raw entry array) at LBA 1, or None."""
+    header, _problem = _load(fh, sector_size, 1, disk_size // sector_size)
+    return header
+
+
+def encode_entries(partitions: list[Partition], num_entries: int = DEFAULT_ENTRIES, entry_size: int = 128,
+                   sector_size: int = 512) -> bytes:
+    """An entry array with each partition in slot ``number - 1`` (types, GUIDs, names and
+    attributes as given; starts and sizes in bytes, multiples of the sector size)."""
+    out = bytearray(num_entries * entry_size)
+    for p in partitions:
+        if not 1 <= p.number <= num_entries:
+            raise PartitionTableError(f"GPT partition number {p.number} outside 1-{num_entries}")
+        name = p.name.encode("utf-16-le")[:72]
+        struct.pack_into(ENTRY_FORMAT, out, (p.number - 1) * entry_size, uuid.UUID(p.type).bytes_le,
+                         uuid.UUID(p.uuid).bytes_le, p.start // sector_size, p.end // sector_size - 1,
+                         p.attributes, name)
+    return bytes(out)
+
+
+def _header_bytes(sector_size: int, my_lba: int, alternate: int, first_usable: int, last_usable: int,
+                  disk_guid: str, entries_lba: int, num_entries: int, entry_size: int, entries_crc: int,
+                  revision: int) -> bytes:
+    raw = bytearray(struct.pack(HEADER_FORMAT, SIGNATURE, revision, HEADER_MIN_SIZE, 0, 0, my_lba, alternate,
+                                first_usable, last_usable, uuid.UUID(disk_guid).bytes_le, entries_lba,
+                                num_entries, entry_size, entries_crc))
+    struct.pack_into("<I", raw, 16, zlib.crc32(raw))
+    return bytes(raw) + bytes(sector_size - len(raw))
+
+
+def encode(disk_guid: str, entries: bytes, num_entries: int, entry_size: int, disk_size: int,
+           sector_size: int = 512, first_usable: int | None = None,
+           revision: int = REVISION_1_0) -> list[tuple[int, bytes]]:
+    """(byte offset, bytes) writes of a complete GPT for a disk of ``disk_size``: primary header at
+    LBA 1 with its entries at LBA 2, backup entries and backup header at the end, both CRCs."""
+    ss = sector_size
+    total = disk_size // ss
+    n = -(-num_entries * entry_size // ss)
+    first = first_usable if first_usable is not None else 2 + n
+    last = total - 2 - n
+    if first < 2 + n or last < first:
+        raise PartitionTableError(f"a disk of {total} sectors has no room for a GPT of {num_entries} entries")
+    array = entries.ljust(n * ss, b"\0")
+    crc = zlib.crc32(entries[:num_entries * entry_size])
+    primary = _header_bytes(ss, 1, total - 1, first, last, disk_guid, 2, num_entries, entry_size, crc, revision)
+    backup = _header_bytes(ss, total - 1, 1, first, last, disk_guid, total - 1 - n, num_entries, entry_size, crc,
+                           revision)
+    return [(ss, primary), (2 * ss, array), ((total - 1 - n) * ss, array), ((total - 1) * ss, backup)]
+
+
+def protective_mbr(sector0: bytes, disk_size: int, sector_size: int = 512) -> bytes:
+    """``sector0`` (boot code and disk signature kept) with its 0xEE entry covering the whole disk,
+    or a fresh protective MBR when it has none."""
+    from diskvault.disk.mbr import ENTRIES_OFFSET, SIGNATURE as MBR_SIGNATURE, parse_entries
+
+    out = bytearray(sector0[:512].ljust(512, b"\0"))
+    entries = parse_entries(bytes(out)) if out[510:512] == MBR_SIGNATURE else []
+    slot = next((e.slot for e in entries if e.type == 0xEE), None)
+    if slot is None:
+        out[ENTRIES_OFFSET:510] = bytes(64)
+        slot = 1
+    sectors = min(disk_size // sector_size - 1, 0xFFFFFFFF)
+    off = ENTRIES_OFFSET + 16 * (slot - 1)
+    out[off:off + 16] = struct.pack("<B3sB3sII", 0, b"\x00\x02\x00", 0xEE, b"\xff\xff\xff", 1, sectors)
+    out[510:512] = MBR_SIGNATURE
+    return bytes(out)

@@ -202,3 +202,60 @@ def _read_chain(fh: BinaryIO, table: PartitionTable, ext: Entry, total: int, num
         link = next((x for x in entries[1:] if not x.empty and x.type in EXTENDED_TYPES), None)
         ebr = ext_start + link.start if link is not None else None
     return number
+
+
+# ----------------------------------------------------------------------------- writing
+
+MAX_SECTORS = 0xFFFFFFFF  # 32-bit LBAs: an MBR addresses at most 2 TiB of 512-byte sectors
+LINK_TYPE = 0x05
+
+
+def _chs(lba: int) -> bytes:
+    """CHS bytes of ``lba`` in the usual 255-head, 63-sector geometry (capped at 1023/254/63)."""
+    cyl, rem = divmod(lba, 255 * 63)
+    if cyl > 1023:
+        return b"\xfe\xff\xff"
+    head, sector = divmod(rem, 63)
+    return bytes([head, (sector + 1) | (cyl >> 8) << 6, cyl & 0xFF])
+
+
+def _entry(boot: int, ptype: int, first: int, sectors: int, base: int = 0) -> bytes:
+    """One slot; ``first`` absolute, stored relative to ``base`` (an EBR's reference point)."""
+    if first > MAX_SECTORS or first + sectors > MAX_SECTORS + 1 or sectors > MAX_SECTORS:
+        raise PartitionTableError(f"sectors {first}-{first + sectors - 1} lie beyond the 2 TiB an MBR can address")
+    return struct.pack("<B3sB3sII", boot, _chs(first), ptype, _chs(first + sectors - 1), first - base, sectors)
+
+
+def encode(table: PartitionTable, sector0: bytes, ebr_offset: int) -> list[tuple[int, bytes]]:
+    """(byte offset, bytes) writes of ``table``: sector 0 (boot code and disk signature kept from
+    ``sector0``) with the primary and extended slots, and an EBR ``ebr_offset`` bytes before each
+    logical partition, chained in order (the first one at the extended partition's start)."""
+    ss = table.sector_size
+    out = bytearray(sector0[:512].ljust(512, b"\0"))
+    out[ENTRIES_OFFSET:510] = bytes(64)
+    out[510:512] = SIGNATURE
+    writes: list[tuple[int, bytes]] = []
+    logical = sorted((p for p in table.partitions if p.kind == "logical"), key=lambda p: p.number)
+    for p in table.partitions:
+        if p.kind == "logical":
+            continue
+        if not 1 <= p.number <= 4:
+            raise PartitionTableError(f"MBR primary partition number {p.number} outside 1-4")
+        off = ENTRIES_OFFSET + 16 * (p.number - 1)
+        out[off:off + 16] = _entry(p.attributes & 0x80, int(p.type, 16), p.start // ss, p.size // ss)
+        if p.kind == "extended":
+            ext_lba = p.start // ss
+            ebrs = [(q.start - ebr_offset) // ss for q in logical]
+            if logical and ebrs[0] != ext_lba:
+                raise PartitionTableError("the first EBR must be at the start of the extended partition")
+            for i, q in enumerate(logical):
+                ebr = bytearray(512)
+                ebr[ENTRIES_OFFSET:ENTRIES_OFFSET + 16] = _entry(q.attributes & 0x80, int(q.type, 16), q.start // ss,
+                                                                 q.size // ss, base=ebrs[i])
+                if i + 1 < len(logical):
+                    nxt = logical[i + 1]
+                    ebr[ENTRIES_OFFSET + 16:ENTRIES_OFFSET + 32] = _entry(0, LINK_TYPE, ebrs[i + 1],
+                                                                          nxt.end // ss - ebrs[i + 1], base=ext_lba)
+                ebr[510:512] = SIGNATURE
+                writes.append((ebrs[i] * ss, bytes(ebr)))
+    return [(0, bytes(out)), *writes]

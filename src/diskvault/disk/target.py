@@ -20,6 +20,8 @@ BLKZEROOUT = 0x127F
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 HOLE_BLOCK = 4096
+BLKDISCARD = 0x1277
+DISCARD_ALIGN = 4096  # discards are trimmed inward to this (a multiple of every sector size)
 _ZEROS = bytes(4 << 20)
 
 
@@ -91,6 +93,36 @@ class Target:
 
     def flush(self) -> None:
         os.fsync(self.fd)
+
+    def discard(self, offset: int, length: int) -> bool:
+        """TRIM [offset, offset+length): BLKDISCARD on a device (a loop device punches holes in its
+        backing file), a hole in a file. False when the device cannot discard. Contents after a
+        discard are undefined on devices: only for space no filesystem uses."""
+        start = -(-offset // DISCARD_ALIGN) * DISCARD_ALIGN
+        end = (offset + length) // DISCARD_ALIGN * DISCARD_ALIGN
+        if end <= start:
+            return True
+        try:
+            if self.is_block:
+                fcntl.ioctl(self.fd, BLKDISCARD, struct.pack("<QQ", start, end - start))
+            else:
+                _punch_hole(self.fd, start, end - start)
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOTTY, errno.EIO):
+                return False
+            raise
+        return True
+
+    def read(self, offset: int, length: int) -> bytes:
+        """What the target holds now (delta comparison, verification); zeros past its end."""
+        out = bytearray(length)
+        view, done = memoryview(out), 0
+        while done < length:
+            n = os.preadv(self.fd, [view[done:]], offset + done)
+            if n == 0:
+                break
+            done += n
+        return bytes(out)
 
 
 @functools.cache

@@ -30,14 +30,16 @@ class VerifyResult:
         return asdict(self) | {"ok": self.ok}
 
 
-def verify_image(path: str, progress: Progress | None = None, password: PasswordSource | None = None) -> VerifyResult:
+def verify_image(path: str, progress: Progress | None = None, password: PasswordSource | None = None,
+                 newest_only: bool = False) -> VerifyResult:
     """Open the image and its parents (structure, links and state hashes are checked on open), then
-    decode every chunk of every member."""
+    decode every chunk of every member (of the newest only: right after writing it)."""
     progress = progress or NullProgress()
     started = time.monotonic()
     with Chain(path, KeyRing(password), cache_chunks=0) as chain:
         errors: list[str] = []
-        jobs = [(m, i) for m in chain.members for i in range(len(m.index))]
+        members = chain.members[-1:] if newest_only else chain.members
+        jobs = [(m, i) for m in members for i in range(len(m.index))]
 
         def check(job) -> tuple[int, str | None]:
             member, i = job
@@ -48,7 +50,7 @@ def verify_image(path: str, progress: Progress | None = None, password: Password
             except IntegrityError as e:
                 return length, str(e)
 
-        progress.start("verifying", sum(int(m.index["length"].sum()) for m in chain.members))
+        progress.start("verifying", sum(int(m.index["length"].sum()) for m in members))
         checked = 0
         for length, error in ordered_map(check, jobs):
             checked += length
