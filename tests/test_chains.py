@@ -278,3 +278,28 @@ def test_merge_keeps_every_state_and_survives_kill_9(tmp_path):
     fsck_clean(target, part)
     assert partition_manifest(target, part, str(tmp_path / "m1")) == partition_manifest(disk, part, str(tmp_path / "m2"))
     print("kill -9 outcomes:", outcomes)
+
+
+def test_small_change_is_stored_as_a_patch(tmp_path):
+    from diskvault.format.layout import CHUNK_PATCH
+    from diskvault.format.reader import ImageFile
+
+    disk = str(tmp_path / "disk.img")
+    (part,) = build_disk(disk, [Part(12, "raw")], workdir=str(tmp_path))
+    dest = str(tmp_path / "images")
+    image(disk, dest)
+    with open(disk, "r+b") as f:
+        f.seek(part.start + 3 * MiB + 1000)
+        f.write(os.urandom(10_000))
+    before = sha256_file(disk)
+    inc = image(disk, dest, "--type", "inc")
+    assert inc["bytes_written"] < 200_000
+    with ImageFile(inc["image"]) as img:
+        assert len(img.index) == 1 and img.index[0]["flags"] & CHUNK_PATCH
+    dv("restore", inc["image"], str(tmp_path / "r1.img"), "--yes")
+    assert sha256_file(str(tmp_path / "r1.img")) == before
+    dv("merge", inc["image"])
+    with ImageFile(inc["image"]) as img:
+        assert not (img.index["flags"] & CHUNK_PATCH).any()
+    dv("restore", inc["image"], str(tmp_path / "r2.img"), "--yes")
+    assert sha256_file(str(tmp_path / "r2.img")) == before

@@ -188,6 +188,8 @@ def extract(tree: FileTree, path: str, dest: str, overwrite: str = "never",
         parent, name = dest, entry.name
     else:
         parent, name = os.path.dirname(dest), os.path.basename(dest)
+    if not safe_name(name):
+        raise UsageError(f"cannot extract to {dest}: name a folder below it")
     os.makedirs(parent, exist_ok=True)
     fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:

@@ -21,7 +21,8 @@ import blake3
 import numpy as np
 
 from diskvault.errors import IntegrityError, MissingChainMemberError
-from diskvault.format.layout import CHUNK_ZERO, TYPE_FULL
+from diskvault.format.layout import CHUNK_PATCH, CHUNK_ZERO, TYPE_FULL
+from diskvault.format.patch import apply_patch
 from diskvault.format.reader import ImageFile, KeyRing
 from diskvault.format.writer import image_file_name
 
@@ -102,6 +103,7 @@ class Chain:
                 raise IntegrityError(f"{chain[i - 1].path} is not the image {os.path.basename(chain[i].path)} "
                                      f"was made from (altered or swapped parent)")
         self.state = State(chain)
+        self._offsets = [m.index["disk_offset"].astype(np.int64) for m in chain]
         if self.state.hash(self.head.disk_size) != self.head.footer.state_hash:
             raise IntegrityError(f"{path}: disk state does not match the footer's state hash")
 
@@ -137,9 +139,35 @@ class Chain:
 
     def decode(self, j: int) -> bytes:
         """Bytes of the state's cell ``j`` (checked)."""
-        m = self.members[int(self.state.member[j])]
-        r = int(self.state.record[j])
-        return m.decode(r, m.read_stored(r))
+        return self.decode_record(int(self.state.member[j]), int(self.state.record[j]))
+
+    def decode_record(self, m: int, r: int) -> bytes:
+        """Bytes of the cell that record ``r`` of member ``m`` gives: a patch is applied over the
+        same cell as the older members give it, and the result checked against its content hash."""
+        member = self.members[m]
+        rec = member.index[r]
+        if not rec["flags"] & CHUNK_PATCH:
+            return member.decode(r, member.read_stored(r))
+        payload = member.payload(r, member.read_stored(r))
+        base = self._cell_before(m, int(rec["disk_offset"]), int(rec["length"]))
+        try:
+            data = apply_patch(base, payload, self.chunk_size)
+        except ValueError as e:
+            raise member.damaged(r, str(e)) from None
+        return member.check_content(r, data)
+
+    def _cell_before(self, m: int, disk_offset: int, length: int) -> bytes:
+        for k in range(m - 1, -1, -1):
+            offs = self._offsets[k]
+            i = int(np.searchsorted(offs, disk_offset))
+            if i < len(offs) and offs[i] == disk_offset:
+                return self.decode_record(k, i)
+        return bytes(length)
+
+    def state_cell(self, disk_offset: int) -> bytes | None:
+        """The state's bytes of the cell at ``disk_offset``, or None when it holds no data."""
+        j = self.state.lookup(disk_offset)
+        return self.decode(j) if j >= 0 else None
 
     def cell(self, j: int) -> bytes:
         with self._lock:

@@ -182,6 +182,8 @@ INDEX_DTYPE = np.dtype([
 assert INDEX_DTYPE.itemsize == 64
 
 CHUNK_ZERO = 1 << 0  # the cell is all zeros: nothing stored (used by children to erase parent data)
+CHUNK_PATCH = 1 << 1  # only some blocks of the cell are stored; the rest come from the parent state
+PATCH_BLOCKS = 64  # a cell is 64 patch blocks (64 KiB each in a 4 MiB cell)
 
 CODEC_NONE = 0
 CODEC_ZSTD = 1

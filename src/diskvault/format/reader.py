@@ -16,11 +16,12 @@ from diskvault.errors import (ImageFormatError, IncompleteImageError, IntegrityE
                               UsageError)
 from diskvault.format import codec
 from diskvault.format.layout import (
-    CHUNK_ZERO, EXTENTS_DTYPE, FOOTER_SIZE, HEADER_SIZE, INDEX_DTYPE, SECTION_EXTENTS, SECTION_INDEX,
+    CHUNK_PATCH, CHUNK_ZERO, EXTENTS_DTYPE, FOOTER_SIZE, HEADER_SIZE, INDEX_DTYPE, SECTION_EXTENTS, SECTION_INDEX,
     SECTION_METADATA, SECTION_NAMES, Footer, Header,
 )
 from diskvault.format.writer import image_file_name
 
+PATCH_HEADER = 8  # the u64 block bitmap in front of a patch's blocks
 NAME_RE = re.compile(r"^([0-9A-F]{16})-(\d{2})-(\d{2})\.dvimg$")
 
 
@@ -216,25 +217,38 @@ class ImageFile:
         rec = self.index[i]
         return os.pread(self._fds[int(rec["part"])], int(rec["stored_length"]), int(rec["file_offset"]))
 
-    def decode(self, i: int, stored: bytes) -> bytes:
-        """Check, decrypt and decompress chunk ``i``; IntegrityError names the disk range."""
+    def payload(self, i: int, stored: bytes) -> bytes:
+        """Check, decrypt and decompress chunk ``i``'s stored bytes (a whole cell, or a patch)."""
         rec = self.index[i]
-        length = int(rec["length"])
-        if rec["flags"] & CHUNK_ZERO:
-            return bytes(length)
-        disk_offset, codec_id = int(rec["disk_offset"]), int(rec["codec"])
-        where = self.describe_range(disk_offset, length)
+        length, disk_offset, codec_id = int(rec["length"]), int(rec["disk_offset"]), int(rec["codec"])
         if len(stored) != int(rec["stored_length"]) or codec.content_hash(stored) != bytes(rec["stored_hash"]):
-            raise IntegrityError(f"{self.path}: damaged data in {where} (stored checksum mismatch)")
+            raise self.damaged(i, "stored checksum mismatch")
         try:
             if self.sealer:
                 stored = self.sealer.open(stored, self.sealer.chunk_aad(disk_offset, length, codec_id))
-            data = codec.decompress(codec_id, stored, length)
+            return codec.decompress(codec_id, stored, length + PATCH_HEADER)
         except Exception as e:
-            raise IntegrityError(f"{self.path}: damaged data in {where} ({e or 'cannot decompress'})") from None
-        if len(data) != length or codec.content_hash(data, self.hash_key) != bytes(rec["content_hash"]):
-            raise IntegrityError(f"{self.path}: damaged data in {where} (content checksum mismatch)")
+            raise self.damaged(i, str(e) or "cannot decompress") from None
+
+    def check_content(self, i: int, data: bytes) -> bytes:
+        rec = self.index[i]
+        if len(data) != int(rec["length"]) or codec.content_hash(data, self.hash_key) != bytes(rec["content_hash"]):
+            raise self.damaged(i, "content checksum mismatch")
         return data
+
+    def decode(self, i: int, stored: bytes) -> bytes:
+        """The cell of a whole-cell chunk ``i``, checked (patches are decoded by the Chain)."""
+        rec = self.index[i]
+        if rec["flags"] & CHUNK_ZERO:
+            return bytes(int(rec["length"]))
+        if rec["flags"] & CHUNK_PATCH:
+            raise ValueError("a patch needs its parent state: decode it through a Chain")
+        return self.check_content(i, self.payload(i, stored))
+
+    def damaged(self, i: int, why: str) -> IntegrityError:
+        rec = self.index[i]
+        where = self.describe_range(int(rec["disk_offset"]), int(rec["length"]))
+        return IntegrityError(f"{self.path}: damaged data in {where} ({why})")
 
     def describe_range(self, start: int, length: int) -> str:
         """Human name for a disk byte range: which partition (or table area) holds it."""

@@ -118,27 +118,28 @@ def create_image(opts: ImageOptions, progress: Progress | None = None) -> ImageR
             else:
                 key = None
             sealer = Sealer(key.chunk_key, header.image_id) if key else None
-            parent_cells = (parent.state.offsets, parent.state.hashes) if parent else None
             cells = cells_for(extents, header.chunk_size)
             if parent is not None:
                 cells = np.union1d(cells, parent.state.offsets // header.chunk_size)
             split = opts.split_size or auto_split_size(opts.to)
             writer = ImageWriter(opts.to, header, split_size=split, sealer=sealer)
-        finally:
+        except BaseException:
             if parent is not None:
                 parent.close()
+            raise
         bytes_read = 0
         new_offsets, new_lengths, new_hashes = [], [], []
         try:
             encoder = CellEncoder(CellReader(source.fd, extents, header.chunk_size, source.size),
-                                  opts.compression, key.hash_key if key else None, sealer, parent_cells,
+                                  opts.compression, key.hash_key if key else None, sealer, parent,
                                   raw_cells=cells_for(plan.incompressible(), header.chunk_size))
             progress.start("imaging", int(extents[:, 1].sum()) if len(extents) else 0)
             for cell in ordered_map(encoder, cells.tolist()):
                 bytes_read += cell.bytes_read
                 progress.advance(cell.bytes_read)
                 if cell.stored:
-                    writer.add_chunk(cell.disk_offset, cell.length, cell.codec_id, cell.stored, cell.content_hash)
+                    writer.add_chunk(cell.disk_offset, cell.length, cell.codec_id, cell.stored, cell.content_hash,
+                                     cell.flags)
                 elif cell.all_zero and cell.in_parent:
                     writer.add_chunk(cell.disk_offset, cell.length, 0, b"", cell.content_hash, CHUNK_ZERO)
                 if not cell.all_zero:
@@ -166,6 +167,9 @@ def create_image(opts: ImageOptions, progress: Progress | None = None) -> ImageR
             progress.finish()
             writer.abort()
             raise
+        finally:
+            if parent is not None:
+                parent.close()
     return ImageResult(image=path, image_id=header.image_id.hex().upper(), image_type=TYPE_NAMES[image_type],
                        increment=header.increment, bytes_read=bytes_read,
                        bytes_written=sum(os.path.getsize(p) for p in writer.final_paths),

@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass, replace
 from diskvault.crypto.keys import PasswordSource
 from diskvault.errors import UsageError
 from diskvault.format.chain import Chain
-from diskvault.format.layout import TYPE_FULL, TYPE_INC
+from diskvault.format.codec import compress
+from diskvault.format.layout import CHUNK_PATCH, TYPE_FULL, TYPE_INC
 from diskvault.format.reader import KeyRing, part_paths
 from diskvault.format.writer import ImageWriter, fsync_dir
 from diskvault.imaging.pipeline import ordered_map
@@ -97,17 +98,24 @@ def merge(path: str, keep: int | None = None, password: PasswordSource | None = 
         final_name = os.path.basename(target.path)
         writer = ImageWriter(folder, header, sealer=head.sealer, final_name=final_name + MERGE_SUFFIX)
         try:
-            def load(j: int) -> tuple[int, bytes]:
-                m, r = chain.members[int(chain.state.member[j])], int(chain.state.record[j])
-                stored = m.read_stored(r)
-                m.decode(r, stored)  # never copy damage into the new Full
-                return j, stored
+            level = head.metadata.get("compression", "fast")
 
-            progress.start("merging", int(chain.state.lengths.sum()))
-            for j, stored in ordered_map(load, range(len(chain.state.offsets))):
+            def load(j: int) -> tuple[int, int, bytes]:
+                """(codec, stored bytes) of cell j as a whole cell; checked, so damage is never copied."""
                 m, r = chain.members[int(chain.state.member[j])], int(chain.state.record[j])
                 rec = m.index[r]
-                writer.add_chunk(int(rec["disk_offset"]), int(rec["length"]), int(rec["codec"]), stored,
+                data = chain.decode(j)
+                if not rec["flags"] & CHUNK_PATCH:
+                    return int(rec["codec"]), m.read_stored(r)  # re-use the stored bytes as they are
+                codec_id, stored = compress(data, level)
+                if head.sealer:
+                    stored = head.sealer.seal(stored, head.sealer.chunk_aad(int(rec["disk_offset"]), len(data), codec_id))
+                return codec_id, stored
+
+            progress.start("merging", int(chain.state.lengths.sum()))
+            for j, (codec_id, stored) in enumerate(ordered_map(load, range(len(chain.state.offsets)))):
+                rec = chain.members[int(chain.state.member[j])].index[int(chain.state.record[j])]
+                writer.add_chunk(int(rec["disk_offset"]), int(rec["length"]), codec_id, stored,
                                  bytes(rec["content_hash"]))
                 progress.advance(int(rec["length"]))
             progress.finish()

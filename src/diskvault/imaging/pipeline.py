@@ -19,6 +19,9 @@ import numpy as np
 
 from diskvault.crypto.aead import Sealer
 from diskvault.format import codec
+from diskvault.format.chain import Chain
+from diskvault.format.layout import CHUNK_PATCH
+from diskvault.format.patch import make_patch
 
 READ_THROUGH_GAP = 64 << 10  # read a free gap smaller than this instead of seeking over it
 DEFAULT_WORKERS = max(2, (os.cpu_count() or 2) + 1)
@@ -116,6 +119,7 @@ class EncodedCell:
     all_zero: bool = False
     in_parent: bool = False  # the parent state has data for this cell
     codec_id: int = 0
+    flags: int = 0  # CHUNK_PATCH when only the changed blocks are stored
     stored: bytes = b""  # set when the cell must be stored: not zero, and changed since the parent
 
 
@@ -123,16 +127,19 @@ class CellEncoder:
     """Worker job: read a cell once, hash it, and compress (and encrypt) it only when it must be
     stored: not all-zero, and different from what the parent state holds for that cell.
 
-    ``parent`` is (sorted cell offsets, content hashes) of the parent state; empty for a Full. A
+    ``parent`` is the parent chain (None for a Full); a changed cell the parent holds is stored as a
+    patch of its changed 64 KiB blocks when that is smaller. A
     change-tracking source (btrfs generations, dm-era) can pass fewer cells to the same path.
     ``raw_cells`` (sorted) are stored without trying to compress them (ciphertext)."""
 
     def __init__(self, reader: CellReader, level: str, hash_key: bytes | None = None,
-                 sealer: Sealer | None = None, parent: tuple[np.ndarray, np.ndarray] | None = None,
+                 sealer: Sealer | None = None, parent: Chain | None = None,
                  raw_cells: np.ndarray | None = None) -> None:
         self.reader, self.level, self.hash_key, self.sealer = reader, level, hash_key, sealer
+        self.parent = parent
         self._raw_cells = raw_cells if raw_cells is not None else np.zeros(0, np.int64)
-        self._parent_offsets, self._parent_hashes = parent if parent else (np.zeros(0, np.int64), None)
+        self._parent_offsets = parent.state.offsets if parent else np.zeros(0, np.int64)
+        self._parent_hashes = parent.state.hashes if parent else None
         sizes = {reader.chunk_size, reader.disk_size % reader.chunk_size} - {0}
         self._zero_hash = {n: codec.content_hash(bytes(n), hash_key) for n in sizes}
 
@@ -153,7 +160,12 @@ class CellEncoder:
             return out
         i = int(np.searchsorted(self._raw_cells, cell))
         store_raw = i < len(self._raw_cells) and self._raw_cells[i] == cell
-        out.codec_id, out.stored = codec.compress(data, "none" if store_raw else self.level)
+        payload = data
+        if before is not None:
+            patch = make_patch(data, self.parent.state_cell(start), self.reader.chunk_size)
+            if patch is not None:
+                payload, out.flags = patch, CHUNK_PATCH
+        out.codec_id, out.stored = codec.compress(payload, "none" if store_raw else self.level)
         if self.sealer:
             out.stored = self.sealer.seal(out.stored, self.sealer.chunk_aad(start, len(data), out.codec_id))
         return out

@@ -38,14 +38,15 @@ def verify_image(path: str, progress: Progress | None = None, password: Password
     started = time.monotonic()
     with Chain(path, KeyRing(password), cache_chunks=0) as chain:
         errors: list[str] = []
-        members = chain.members[-1:] if newest_only else chain.members
-        jobs = [(m, i) for m in members for i in range(len(m.index))]
+        first = len(chain.members) - 1 if newest_only else 0
+        members = chain.members[first:]
+        jobs = [(m, i) for m in range(first, len(chain.members)) for i in range(len(chain.members[m].index))]
 
         def check(job) -> tuple[int, str | None]:
-            member, i = job
-            length = int(member.index[i]["length"])
+            m, i = job
+            length = int(chain.members[m].index[i]["length"])
             try:
-                member.decode(i, member.read_stored(i))
+                chain.decode_record(m, i)
                 return length, None
             except IntegrityError as e:
                 return length, str(e)

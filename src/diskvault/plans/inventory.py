@@ -13,11 +13,10 @@ import re
 from dataclasses import dataclass
 
 from diskvault.errors import DiskvaultError
-from diskvault.format.layout import FOOTER_SIZE, TYPE_DIFF, TYPE_FULL, TYPE_INC, Footer
+from diskvault.format.layout import FOOTER_SIZE, TYPE_FULL, TYPE_NAMES, Footer
 from diskvault.format.reader import ImageFile, KeyRing, part_paths
 from diskvault.imaging.sets import Member, scan
 
-TYPE_OF = {TYPE_FULL: "full", TYPE_DIFF: "diff", TYPE_INC: "inc"}
 PARTIAL_RE = re.compile(r"^([0-9A-F]{16})-\d{2}-\d{2}\.dvimg(\.merge)?\.partial$")
 
 
@@ -45,7 +44,7 @@ class SetInfo:
         return max(m.header.created_ns for m in self.members)
 
     def images(self, image_type: str) -> list[Member]:
-        return [m for m in self.members if TYPE_OF.get(m.header.image_type) == image_type]
+        return [m for m in self.members if TYPE_NAMES.get(m.header.image_type) == image_type]
 
 
 def complete(path: str) -> bool:

@@ -1,0 +1,204 @@
+"""Read a file's content for backup: its data map (holes skipped with SEEK_DATA/SEEK_HOLE), the
+bytes, and proof that they were not torn: the file is fstat'ed before and after reading and read
+again (up to RETRIES times) when size, mtime, ctime or inode moved; a file that never holds still
+is stored from its last read and flagged, never silently.
+
+Small files are read whole by a worker (``read_small``); big files are streamed by the caller in
+chunks (``stream``) so that several workers hash and compress one big file together.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from diskvault.crypto.aead import Sealer
+from diskvault.files.catalog import ChunkRef, stat_key
+from diskvault.files.chunker import Chunker
+from diskvault.files.layout import E_CHANGED, E_SPARSE, chunk_aad
+from diskvault.files.metadata import read_xattrs
+from diskvault.files.writer import ArchiveWriter
+from diskvault.format import codec
+
+RETRIES = 3
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+@dataclass
+class FileRead:
+    """What reading one file gave: the fstat of the bytes stored, their chunks, attributes."""
+
+    st: os.stat_result | None = None
+    chunks: list[ChunkRef] = field(default_factory=list)
+    xattrs: list[tuple[bytes, bytes]] = field(default_factory=list)
+    flags: int = 0
+    bytes_read: int = 0
+    error: str = ""  # set when the file could not be read (the entry is left out)
+    vanished: bool = False
+
+
+class ChunkStore:
+    """Hash a chunk, and store it (compressed, sealed) unless the set already has it."""
+
+    def __init__(self, writer: ArchiveWriter, level: str, hash_key: bytes | None, sealer: Sealer | None) -> None:
+        self.writer, self.level, self.hash_key, self.sealer = writer, level, hash_key, sealer
+        self.set_id = writer.header.set_id
+
+    def put(self, data: bytes | memoryview) -> bytes:
+        digest = codec.content_hash(data, self.hash_key)
+
+        def encode() -> tuple[int, bytes]:
+            codec_id, stored = codec.compress(data, self.level)
+            if self.sealer:
+                stored = self.sealer.seal(stored, chunk_aad(self.set_id, digest, len(data), codec_id))
+            return codec_id, stored
+
+        self.writer.add_chunk(digest, len(data), encode)
+        return digest
+
+
+def open_source(path: bytes) -> int:
+    """Open for reading without following a symlink swapped in since the walk, without blocking on
+    a FIFO swapped in, and without touching atime where allowed."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS | os.O_NOATIME)
+    except PermissionError:  # O_NOATIME needs ownership or CAP_FOWNER
+        fd = os.open(path, _OPEN_FLAGS)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "no longer a regular file", path)
+    return fd
+
+
+def data_segments(fd: int, st: os.stat_result) -> list[tuple[int, int]]:
+    """(start, end) of the file's data; one segment unless it has fewer blocks than bytes."""
+    size = st.st_size
+    if size == 0:
+        return []
+    if st.st_blocks * 512 >= size:
+        return [(0, size)]
+    segments, pos = [], 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                break
+            return [(0, size)]  # no SEEK_DATA here: read it all
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        if start >= size:
+            break
+        segments.append((start, end))
+        pos = end
+    return segments
+
+
+def _pread_all(fd: int, length: int, offset: int) -> bytes:
+    parts, done = [], 0
+    while done < length:
+        b = os.pread(fd, length - done, offset + done)
+        if not b:
+            break
+        parts.append(b)
+        done += len(b)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _finish(fd: int, st: os.stat_result, segments: list[tuple[int, int]], result: FileRead, stable: bool) -> FileRead:
+    result.st = st
+    result.xattrs = read_xattrs(fd)
+    if sum(e - s for s, e in segments) < st.st_size:
+        result.flags |= E_SPARSE
+    if not stable:
+        result.flags |= E_CHANGED
+    return result
+
+
+def read_small(path: bytes, chunker: Chunker, store: ChunkStore) -> FileRead:
+    """Read a whole (small) file, check it held still, then chunk and store it."""
+    try:
+        fd = open_source(path)
+    except FileNotFoundError:
+        return FileRead(vanished=True)
+    except OSError as e:
+        return FileRead(error=f"{os.fsdecode(path)}: {e.strerror}")
+    try:
+        for attempt in range(RETRIES):
+            st = os.fstat(fd)
+            segments = data_segments(fd, st)
+            data = [(s, _pread_all(fd, e - s, s)) for s, e in segments]
+            stable = stat_key(os.fstat(fd)) == stat_key(st) and all(len(d) == e - s for (s, e), (_, d)
+                                                                    in zip(segments, data))
+            if stable:
+                break
+            time.sleep(0.05 * (attempt + 1))
+        result = FileRead()
+        for start, buf in data:
+            result.bytes_read += len(buf)
+            for off, view in chunker.cut(buf):
+                result.chunks.append((start + off, len(view), store.put(view)))
+        return _finish(fd, st, segments, result, stable)
+    except OSError as e:
+        return FileRead(error=f"{os.fsdecode(path)}: {e.strerror}")
+    finally:
+        os.close(fd)
+
+
+class _Segment:
+    """A readinto() stream over [start, end) of a file."""
+
+    def __init__(self, fd: int, start: int, end: int) -> None:
+        self.fd, self.pos, self.end = fd, start, end
+
+    def readinto(self, buf) -> int:
+        view = memoryview(buf)[:max(0, self.end - self.pos)]
+        n = os.preadv(self.fd, [view], self.pos) if len(view) else 0
+        self.pos += n
+        return n
+
+
+# Events of a streamed file, in order: ("chunk", ChunkRef) ... then ("end", FileRead); a
+# ("restart", None) means the file moved while read: forget its chunks so far, it is read again.
+Event = tuple[str, object]
+
+
+def stream(path: bytes, chunker: Chunker, store: ChunkStore) -> Iterator[Callable[[], Event]]:
+    """Jobs for a big file: cutting happens here (the caller's thread, GIL released while cutting),
+    hashing, compressing and storing each chunk happen in whichever worker runs its job."""
+    try:
+        fd = open_source(path)
+    except FileNotFoundError:
+        yield lambda: ("end", FileRead(vanished=True))
+        return
+    except OSError as e:
+        message = f"{os.fsdecode(path)}: {e.strerror}"
+        yield lambda: ("end", FileRead(error=message))
+        return
+
+    def chunk_job(offset: int, data: bytes) -> Callable[[], Event]:
+        return lambda: ("chunk", (offset, len(data), store.put(data)))
+
+    try:
+        for attempt in range(RETRIES):
+            st, done = os.fstat(fd), 0
+            segments = data_segments(fd, st)
+            for s, e in segments:
+                for off, data in chunker.cut_stream(_Segment(fd, s, e)):
+                    done += len(data)
+                    yield chunk_job(s + off, data)
+            stable = stat_key(os.fstat(fd)) == stat_key(st) and done == sum(e - s for s, e in segments)
+            if stable or attempt == RETRIES - 1:
+                break
+            yield lambda: ("restart", None)
+            time.sleep(0.05 * (attempt + 1))
+        result = _finish(fd, st, segments, FileRead(bytes_read=done), stable)
+        yield lambda: ("end", result)
+    except OSError as e:
+        message = f"{os.fsdecode(path)}: {e.strerror}"
+        yield lambda: ("end", FileRead(error=message))
+    finally:
+        os.close(fd)

@@ -1,0 +1,42 @@
+"""Patches: a child image stores only the 64 KiB blocks of a 4 MiB cell that changed.
+
+    payload = bitmap (u64le; bit i = block i stored) || the stored blocks, in order
+    block i = bytes [i * bs, min((i + 1) * bs, cell length)) with bs = chunk_size / 64
+"""
+
+from __future__ import annotations
+
+from diskvault.format.layout import PATCH_BLOCKS
+
+MAX_CHANGED_SHARE = 0.75  # above this a whole cell is smaller to store and faster to read
+
+
+def _blocks(length: int, chunk_size: int) -> list[tuple[int, int]]:
+    bs = chunk_size // PATCH_BLOCKS
+    return [(a, min(a + bs, length)) for a in range(0, length, bs)]
+
+
+def make_patch(new: bytes | memoryview, old: bytes, chunk_size: int) -> bytes | None:
+    """The patch that turns ``old`` into ``new``, or None when most of the cell changed."""
+    bitmap, parts = 0, []
+    for i, (a, b) in enumerate(_blocks(len(new), chunk_size)):
+        if new[a:b] != old[a:b]:
+            bitmap |= 1 << i
+            parts.append(new[a:b])
+    if not parts or len(parts) > PATCH_BLOCKS * MAX_CHANGED_SHARE:
+        return None
+    return bitmap.to_bytes(8, "little") + b"".join(parts)
+
+
+def apply_patch(base: bytes, payload: bytes, chunk_size: int) -> bytes:
+    """``base`` with the patch's blocks written over it; ValueError when the patch does not fit."""
+    bitmap = int.from_bytes(payload[:8], "little")
+    out = bytearray(base)
+    pos = 8
+    for i, (a, b) in enumerate(_blocks(len(base), chunk_size)):
+        if bitmap >> i & 1:
+            out[a:b] = payload[pos:pos + b - a]
+            pos += b - a
+    if pos != len(payload) or bitmap >> len(_blocks(len(base), chunk_size)):
+        raise ValueError("patch does not match its cell")
+    return bytes(out)
