@@ -289,7 +289,7 @@ def test_small_change_is_stored_as_a_patch(tmp_path):
     dest = str(tmp_path / "images")
     image(disk, dest)
     with open(disk, "r+b") as f:
-        f.seek(part.start + 3 * MiB + 1000)
+        f.seek(part.start + MiB + 1000)  # inside the random data the Full holds
         f.write(os.urandom(10_000))
     before = sha256_file(disk)
     inc = image(disk, dest, "--type", "inc")

@@ -116,6 +116,9 @@ def serve(ops, mountpoint: str, fsname: str) -> None:
     """Mount and serve until unmounted (blocks; runs libfuse's multi-threaded loop)."""
     fuse = load_mfusepy()
     threads = {"max_threads": 8} if fuse.fuse_version_major == 3 else {}  # libfuse 3.14 warns without it
-    fuse.FUSE(ops, mountpoint, foreground=True, ro=True, fsname=fsname, subtype="diskvault",
-              kernel_cache=True, entry_timeout=CACHE_SECONDS, attr_timeout=CACHE_SECONDS,
-              negative_timeout=CACHE_SECONDS, **threads)
+    try:
+        fuse.FUSE(ops, mountpoint, foreground=True, ro=True, fsname=fsname, subtype="diskvault",
+                  kernel_cache=True, entry_timeout=CACHE_SECONDS, attr_timeout=CACHE_SECONDS,
+                  negative_timeout=CACHE_SECONDS, **threads)
+    except RuntimeError as e:  # libfuse said why on stderr; mfusepy only passes its return code
+        raise FuseUnavailableError(f"libfuse could not mount {mountpoint} (code {e})") from None

@@ -44,7 +44,7 @@ def run_server(chain: Chain, state: dict, plan: list[tuple[int, str, str]], file
     mp = state["mountpoint"]
     fuse = load_mfusepy()
     reader = PrefetchReader(chain)
-    lock = threading.Lock()
+    lock, steps = threading.Lock(), threading.Lock()  # steps: an attach step and a teardown never interleave
     outcome: dict = {}
     stop_requested = threading.Event()
 
@@ -62,20 +62,22 @@ def run_server(chain: Chain, state: dict, plan: list[tuple[int, str, str]], file
     def teardown() -> None:
         """Detach everything, then unmount: the FUSE loop ends and run_server returns."""
         try:
-            detach(mp, state["attached"], lazy=True)
-            unmount(mp, lazy=True)
+            with steps:
+                detach(mp, state["attached"], lazy=True)
+                unmount(mp, lazy=True)
         except DiskvaultError as e:
             print(f"diskvault: {e}", file=sys.stderr, flush=True)
 
     def setup() -> None:
         try:
             for number, fstype, uuid in plan:
-                if stop_requested.is_set():
-                    raise MountError("interrupted")
-                attach(number, fstype, uuid, os.path.join(mp, f"part{number}.img"), os.path.join(mp, str(number)),
-                       record)
-                state["mounted"][str(number)] = fstype
-                mount_state.save(state)
+                with steps:
+                    if stop_requested.is_set():
+                        raise MountError("interrupted")
+                    attach(number, fstype, uuid, os.path.join(mp, f"part{number}.img"),
+                           os.path.join(mp, str(number)), record)
+                    state["mounted"][str(number)] = fstype
+                    mount_state.save(state)
             if stop_requested.is_set():
                 raise MountError("interrupted")
             send({"ok": True, "state": state})
