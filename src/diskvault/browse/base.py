@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import io
 import os
-import posixpath
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -51,13 +50,22 @@ class FileTree(Protocol):
         """A read-only, seekable file object for a regular file's data."""
 
 
+MAX_SYMLINK_HOPS = 40  # as Linux: more is a loop (ELOOP)
+
+
 class ReadAtFile(io.RawIOBase):
     """A read-only, seekable file over ``read_at(offset, length)`` (which returns exactly that many
-    bytes): what FileTree.open hands out for data scattered over a volume."""
+    bytes): what FileTree.open hands out for data scattered over a volume. ``ranges`` are the
+    (offset, length) pieces that may hold data (the rest reads as zeros), for sparse copies."""
 
-    def __init__(self, size: int, read_at: Callable[[int, int], bytes]) -> None:
+    def __init__(self, size: int, read_at: Callable[[int, int], bytes],
+                 ranges: list[tuple[int, int]] | None = None) -> None:
         super().__init__()
         self._size, self._read_at, self._pos = size, read_at, 0
+        self._ranges = [(0, size)] if ranges is None else ranges
+
+    def data_ranges(self) -> list[tuple[int, int]]:
+        return [r for r in self._ranges if r[1] > 0]
 
     def readable(self) -> bool:
         return True
@@ -93,7 +101,7 @@ class WalkedTree:
     """Path lookup for trees that read a directory whole (FAT, exFAT, NTFS): subclasses give the
     root and read one directory into (Entry, handle) pairs; the last directories read are kept, so
     a walk reads each parent once. Names match exactly, else case-insensitively (as those
-    filesystems look names up); intermediate symlinks are not followed."""
+    filesystems look names up)."""
 
     DIRS_KEPT = 256
 
@@ -120,34 +128,55 @@ class WalkedTree:
             self._dirs.move_to_end(entry.path)
         return kids
 
-    def _resolve(self, path: str) -> tuple[Entry, Any]:
-        entry, handle = self._root()
-        for name in posixpath.normpath("/" + path).split("/"):
-            if not name:
+    def _lookup(self, entry: Entry, handle: Any, name: str, path: str) -> tuple[Entry, Any]:
+        if entry.kind != "dir":
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+        kids = self._children(entry, handle)
+        hit = kids.get(name)
+        if hit is None:
+            folded = name.casefold()
+            hit = next((v for k, v in kids.items() if k.casefold() == folded), None)
+        if hit is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        return hit
+
+    def _resolve(self, path: str, follow_last: bool = False) -> tuple[Entry, Any]:
+        """(Entry, handle) at ``path``; symlinks on the way are followed inside this filesystem
+        (absolute targets from its root), the last one only with ``follow_last``."""
+        todo = [p for p in path.split("/") if p][::-1]
+        stack = [self._root()]
+        hops = 0
+        while todo:
+            name = todo.pop()
+            if name == ".":
                 continue
-            if entry.kind != "dir":
-                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
-            kids = self._children(entry, handle)
-            hit = kids.get(name)
-            if hit is None:
-                folded = name.casefold()
-                hit = next((v for k, v in kids.items() if k.casefold() == folded), None)
-            if hit is None:
-                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
-            entry, handle = hit
-        return entry, handle
+            if name == "..":
+                del stack[max(1, len(stack) - 1):]
+                continue
+            hit = self._lookup(*stack[-1], name, path)
+            target = hit[0].link_target
+            if hit[0].kind == "symlink" and target is not None and (todo or follow_last):
+                hops += 1
+                if hops > MAX_SYMLINK_HOPS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+                if target.startswith("/"):
+                    del stack[1:]
+                todo.extend(p for p in reversed(target.split("/")) if p)
+                continue
+            stack.append(hit)
+        return stack[-1]
 
     def stat(self, path: str) -> Entry:
         return self._resolve(path)[0]
 
     def listdir(self, path: str) -> list[Entry]:
-        entry, handle = self._resolve(path)
+        entry, handle = self._resolve(path, follow_last=True)
         if entry.kind != "dir":
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
         return sorted((e for e, _ in self._children(entry, handle).values()), key=lambda e: e.name)
 
     def open(self, path: str) -> BinaryIO:
-        entry, handle = self._resolve(path)
+        entry, handle = self._resolve(path, follow_last=True)
         if entry.kind == "dir":
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
         if entry.kind != "file":

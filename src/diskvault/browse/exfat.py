@@ -4,7 +4,7 @@ and root directory come from ``diskvault.fs.exfat``; chains and pieces from ``br
 
 Bytes at or past a file's ValidDataLength read as zeros. Timestamps carry 10 ms increments
 (creation, modification) and a UTC offset; a timestamp without a valid offset is read as UTC.
-``ctime_ns`` is the creation time. Entry sets with a bad checksum are skipped, as Linux does.
+There is no change time (``ctime_ns`` is None). Entry sets with a bad checksum are skipped.
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ def entry_sets(raw: bytes) -> Iterator[tuple[str, FileEntry, StreamEntry]]:
             off += ENTRY
             continue
         s = StreamEntry._make(STREAM_ENTRY.unpack_from(raw, off + ENTRY))
-        units = b"".join(body[i + 2 : i + ENTRY] for i in range(2 * ENTRY, len(body), ENTRY) if body[i] == NAME)
+        names = range(2 * ENTRY, len(body), ENTRY)
+        units = b"".join(body[i + 2 : i + ENTRY] for i in names if body[i] == NAME)
         name = units[: 2 * s.name_length].decode("utf-16-le", "replace")
         if len(units) >= 2 * s.name_length > 0:
             yield name, f, s
@@ -143,7 +144,7 @@ class ExfatTree(WalkedTree):
                 size=s.length if kind == "file" else 0,
                 mtime_ns=exfat_time(f.modified, f.modified_centis, f.modified_offset),
                 atime_ns=exfat_time(f.accessed, 0, f.accessed_offset),
-                ctime_ns=exfat_time(f.created, f.created_centis, f.created_offset),
+                btime_ns=exfat_time(f.created, f.created_centis, f.created_offset),
             ), s
 
     def _open(self, entry: Entry, handle: StreamEntry) -> BinaryIO:
@@ -151,4 +152,4 @@ class ExfatTree(WalkedTree):
         if handle.valid_length > handle.length:
             raise FilesystemError(f"{what}: ValidDataLength {handle.valid_length} exceeds its size")
         pieces = Pieces(self._fh, self._pieces(handle, what), handle.valid_length, what)
-        return ReadAtFile(handle.length, pieces.read_at)
+        return ReadAtFile(handle.length, pieces.read_at, [(0, handle.valid_length)])

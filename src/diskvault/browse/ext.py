@@ -6,11 +6,10 @@ inline data (decoded in ``ext_inode``)."""
 from __future__ import annotations
 
 import errno
-import io
 import math
 import os
 from collections import OrderedDict
-from typing import BinaryIO, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 from diskvault.browse import ext_inode as I
 from diskvault.browse.base import Entry
@@ -25,11 +24,19 @@ DIR_CACHE = 256
 
 
 class _Lru(OrderedDict):
+    """A cache that forgets the least recently used entry beyond ``limit``."""
+
     def __init__(self, limit: int) -> None:
         super().__init__()
         self.limit = limit
 
-    def put(self, key: int, value: object) -> None:
+    def lookup(self, key: int) -> Any:
+        value = self.get(key)
+        if value is not None:
+            self.move_to_end(key)
+        return value
+
+    def put(self, key: int, value: Any) -> None:
         self[key] = value
         if len(self) > self.limit:
             self.popitem(last=False)
@@ -82,7 +89,7 @@ class ExtTree:
         return data
 
     def _inode(self, number: int) -> I.Inode:
-        cached = self._inodes.get(number)
+        cached = self._inodes.lookup(number)
         if cached is not None:
             return cached
         if not 1 <= number <= self._sb.sb["s_inodes_count"]:
@@ -123,8 +130,9 @@ class ExtTree:
     def _data(self, inode: I.Inode) -> BinaryIO:
         if inode.flags & I.EXT4_ENCRYPT_FL:
             raise FilesystemError(f"ext inode {inode.number} is encrypted (fscrypt): its data cannot be read")
-        if inode.is_inline:
-            return io.BytesIO(self._inline_data(inode)[:inode.size])
+        if inode.is_inline:  # past the bytes kept inline, a file reads as zeros (as in the kernel)
+            data = self._inline_data(inode)[:inode.size]
+            return RunFile(lambda off, n: data[off:off + n], [Run(0, 0, len(data))], inode.size, 1)
         return RunFile(self._read_at, self._runs(inode), inode.size, self.block_size, f"ext inode {inode.number}")
 
     def _xattrs(self, inode: I.Inode) -> dict[str, bytes]:
@@ -146,7 +154,7 @@ class ExtTree:
 
     def _children(self, inode: I.Inode) -> dict[str, int]:
         """Name -> inode number of a directory's entries, without "." and ".."."""
-        cached = self._dirs.get(inode.number)
+        cached = self._dirs.lookup(inode.number)
         if cached is not None:
             return cached
         if inode.is_inline:  # parent inode number, then entries; the rest in "system.data"

@@ -23,7 +23,6 @@ N_BLOCKS = 15  # i_block[]: 12 direct, indirect, double indirect, triple indirec
 N_DIRECT = 12
 
 # i_flags
-EXT4_INDEX_FL = 0x00001000  # htree directory (readable linearly all the same)
 EXT4_ENCRYPT_FL = 0x00000800
 EXT4_EXTENTS_FL = 0x00080000
 EXT4_INLINE_DATA_FL = 0x10000000

@@ -121,7 +121,8 @@ class _Extractor:
         try:
             for child in self.tree.listdir(entry.path):
                 self.item(fd, child.name, child, os.path.join(where, child.name))
-            self._metadata(fd, entry, where)
+            if existing is None or not self._keep_existing(existing, entry):  # merged into: left as it was
+                self._metadata(fd, entry, where)
         finally:
             os.close(fd)
         self.result.dirs += 1
@@ -170,7 +171,10 @@ class _Extractor:
 
     def _setxattr(self, target: int | str, key: str, value: bytes, where: str) -> None:
         try:
-            os.setxattr(target, key, value, follow_symlinks=False)
+            if isinstance(target, int):
+                os.setxattr(target, key, value)
+            else:
+                os.setxattr(target, key, value, follow_symlinks=False)
         except OSError as e:
             self.warn(f"{where}: xattr {key} not kept ({e.strerror})")
 
@@ -178,7 +182,9 @@ class _Extractor:
 def extract(tree: FileTree, path: str, dest: str, overwrite: str = "never",
             warn: Callable[[str], None] = log.warning) -> ExtractResult:
     """Extract ``path`` of ``tree`` to ``dest``. A directory ``dest`` that exists receives the item
-    under its own name (the root's contents go straight into it); otherwise ``dest`` is the item."""
+    under its own name (the root's contents go straight into it); otherwise ``dest`` is the item.
+    Existing files are kept or replaced by ``overwrite``; existing directories are merged into, their
+    own metadata replaced only where the policy would replace a file."""
     if overwrite not in POLICIES:
         raise UsageError(f"--overwrite must be one of {', '.join(POLICIES)} (got {overwrite!r})")
     entry = tree.stat(path)

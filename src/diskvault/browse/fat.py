@@ -4,8 +4,9 @@ chains. Geometry and FAT decoding come from ``diskvault.fs.fat``.
 
 FAT stores local time without a zone: times are reported as if they were UTC (what mtools shows
 with TZ=UTC). Modification times have 2 s resolution, creation times 10 ms, access times a day;
-``ctime_ns`` is the creation time (as Linux vfat reports it). A long name whose checksum does not
-match its 8.3 entry is dropped for the 8.3 name, as Windows and Linux do. Files are < 4 GiB.
+there is no change time (``ctime_ns`` is None), no owner and no mode. A long name whose checksum
+does not match its 8.3 entry is dropped for the 8.3 name, as Windows and Linux do. Files are
+< 4 GiB.
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ from diskvault.fs import c_fat as C
 from diskvault.fs.fat import FatReader, _read_at, fat_entries
 
 DIRENT = struct.Struct("<11sBBBHHHHHHHI")  # a whole 32-byte short entry, fields as in Dirent
+LFN_CHARS = (slice(1, 11), slice(14, 26), slice(28, 32))  # where a long-name entry keeps its 13 chars
+LFN_LAST = 0x40  # sequence-number flag of the first physical (last logical) long-name entry
+LOWER_BASE, LOWER_EXT = 0x08, 0x10  # NTRes bits: the 8.3 base / extension is shown in lowercase
+DOT_ENTRIES = (b".          ", b"..         ")
+MAX_DIR_BYTES = 65536 * C.DIR_ENTRY_SIZE  # a directory holds at most 65536 entries
+EOC = {12: 0xFF8, 16: 0xFFF8, 32: 0x0FFFFFF8}  # FAT values at or above these end a chain
+FAT_PAGE = 1 << 16  # FAT bytes read at a time while following chains
+PAGES_KEPT = 256
 
 
 class Dirent(NamedTuple):
@@ -40,14 +49,6 @@ class Dirent(NamedTuple):
     write_date: int
     cluster_lo: int
     size: int
-LFN_CHARS = (slice(1, 11), slice(14, 26), slice(28, 32))  # where a long-name entry keeps its 13 chars
-LFN_LAST = 0x40  # sequence-number flag of the first physical (last logical) long-name entry
-LOWER_BASE, LOWER_EXT = 0x08, 0x10  # NTRes bits: the 8.3 base / extension is shown in lowercase
-DOT_ENTRIES = (b".          ", b"..         ")
-MAX_DIR_BYTES = 65536 * C.DIR_ENTRY_SIZE  # a directory holds at most 65536 entries
-EOC = {12: 0xFF8, 16: 0xFFF8, 32: 0x0FFFFFF8}  # FAT values at or above these end a chain
-FAT_PAGE = 1 << 16  # FAT bytes read at a time while following chains
-PAGES_KEPT = 256
 
 
 def dos_time(date: int, time: int = 0, centis: int = 0) -> int | None:
@@ -78,7 +79,7 @@ def follow(first: int, next_cluster: Callable[[int], int], last: int, eoc: int, 
         nxt = next_cluster(c)
         if nxt >= eoc:
             if need is not None:
-                raise FilesystemError(f"{what}: the cluster chain ends after {n} clusters; its size needs {need}")
+                raise FilesystemError(f"{what}: the cluster chain ends after {n} of its {need} clusters")
             break
         if need is None and n >= most:
             raise FilesystemError(f"{what}: the cluster chain is longer than {most} clusters (a loop?)")
@@ -189,7 +190,7 @@ class FatTree(WalkedTree):
                 size=d.size if kind == "file" else 0,
                 mtime_ns=dos_time(d.write_date, d.write_time),
                 atime_ns=dos_time(d.access_date),
-                ctime_ns=dos_time(d.create_date, d.create_time, d.create_centis),
+                btime_ns=dos_time(d.create_date, d.create_time, d.create_centis),
             ), first
 
     def _open(self, entry: Entry, handle: int) -> BinaryIO:

@@ -31,7 +31,8 @@ F = C.Field
 STANDARD_INFORMATION = C.Layout((F(0x00, "created", "Q"), F(0x08, "modified", "Q"), F(0x10, "changed", "Q"),
                                  F(0x18, "accessed", "Q"), F(0x20, "attributes", "I")))
 FILE_NAME = C.Layout((F(0x00, "parent", "Q"), F(0x40, "name_length", "B"), F(0x41, "namespace", "B")))
-INDEX_ROOT = C.Layout((F(0x08, "block_size", "I"), F(0x10, "entries_offset", "I"), F(0x14, "index_length", "I")))
+INDEX_ROOT = C.Layout((F(0x08, "block_size", "I"), F(0x10, "entries_offset", "I"),
+                       F(0x14, "index_length", "I")))
 INDEX_BLOCK = C.Layout((F(0x00, "magic", "4s"), F(0x10, "vcn", "q"), F(0x18, "entries_offset", "I"),
                         F(0x1C, "index_length", "I")))
 INDEX_ENTRY = C.Layout((F(0x00, "mref", "Q"), F(0x08, "length", "H"), F(0x0C, "flags", "H")))
@@ -70,10 +71,10 @@ def lznt1(src: bytes, size: int) -> bytes:
         end = pos + 3 + (head & 0xFFF)
         if end > len(src):
             raise FilesystemError("NTFS compressed data: an LZNT1 chunk runs past its unit")
-        if head & 0x8000:
-            out += _lznt1_chunk(src, pos + 2, end)
-        else:
-            out += src[pos + 2 : end]
+        chunk = _lznt1_chunk(src, pos + 2, end) if head & 0x8000 else src[pos + 2 : end]
+        if len(chunk) > LZNT1_CHUNK:
+            raise FilesystemError("NTFS compressed data: an LZNT1 chunk holds more than 4 KiB")
+        out += chunk
         out.extend(bytes(-len(out) % LZNT1_CHUNK))
         pos = end
     return bytes(out[:size].ljust(size, b"\0"))
@@ -84,6 +85,10 @@ def _lznt1_chunk(src: bytes, pos: int, end: int) -> bytearray:
     while pos < end:
         flags = src[pos]
         pos += 1
+        if flags == 0:  # eight literal bytes
+            out += src[pos : min(pos + 8, end)]
+            pos += 8
+            continue
         for bit in range(8):
             if pos >= end:
                 break
@@ -155,11 +160,28 @@ class Compressed:
         return bytes(data)
 
 
+def data_ranges(st: Stream, unit: int, cluster_size: int) -> list[tuple[int, int]] | None:
+    """(offset, length) of the value that may hold data: the units (clusters, or compression units)
+    with a cluster on disk, below initialized_size. None for a resident value (all of it)."""
+    if st.resident is not None:
+        return None
+    ub, end, out = unit * cluster_size, min(st.initialized_size, st.data_size), []
+    for vcn, lcn, count in st.runs:
+        lo, hi = vcn // unit * ub, min(end, -(-(vcn + count) // unit) * ub)
+        if lcn < 0 or lo >= hi:
+            continue
+        if out and out[-1][1] >= lo:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return [(lo, hi - lo) for lo, hi in out]
+
+
 def link_target(subst: str, relative: bool) -> str:
     """A Windows link target as a path on this volume: ``\\??\\C:\\a\\b`` -> ``/a/b``."""
     if relative:
         return subst.replace("\\", "/")
-    m = re.fullmatch(r"\\\?\?\\[A-Za-z]:\\?(.*)", subst, re.S)
+    m = re.fullmatch(r"\\\?\?\\[A-Za-z]:\\?(.*)", subst, re.DOTALL)
     return "/" + m.group(1).replace("\\", "/") if m else subst
 
 
@@ -184,7 +206,8 @@ def reparse_link(value: bytes) -> tuple[str, str | None]:
 
 
 def lx_owner(ea: bytes) -> dict[str, int]:
-    """$LXUID/$LXGID/$LXMOD (WSL) from an $EA value (FILE_FULL_EA_INFORMATION entries)."""
+    """$LXUID/$LXGID/$LXMOD (WSL) from an $EA value: entries of (offset of the next, flags, name
+    length, value length, name, NUL, value)."""
     out, pos = {}, 0
     while pos + 8 <= len(ea):
         nxt, _, nlen, vlen = struct.unpack_from("<IBBH", ea, pos)
@@ -210,6 +233,7 @@ class NtfsTree(WalkedTree):
         super().__init__()
         self._fh = fh
         self._vol = NtfsReader(fh, size)
+        self._top = self._entry(self._load(ROOT_RECORD), "", "/"), ROOT_RECORD
 
     # ----------------------------------------------------------------- records and values
 
@@ -232,7 +256,9 @@ class NtfsTree(WalkedTree):
 
     def _stream(self, pieces: list[tuple[bytearray, dict]], what: str) -> tuple[Stream, int]:
         """The value an attribute's pieces map, and its compression unit in clusters (0: none)."""
-        first = min(pieces, key=lambda p: p[1].get("lowest_vcn", 0))[1]
+        if not pieces:
+            raise FilesystemError(f"{what} is missing")
+        first = _first(pieces)
         if not first["non_resident"]:
             return Stream(len(first["_value"]), len(first["_value"]), resident=first["_value"]), 0
         if first["flags"] & C.ATTR_IS_ENCRYPTED:
@@ -240,7 +266,8 @@ class NtfsTree(WalkedTree):
         packed = first["flags"] & C.ATTR_COMPRESSION_MASK and first["compression_unit"]
         unit = 1 << first["compression_unit"] if packed else 0
         st = Stream(first["data_size"], first["initialized_size"])
-        if first["lowest_vcn"] != 0 or not 0 <= st.initialized_size <= st.data_size <= first["allocated_size"]:
+        sizes_ok = 0 <= st.initialized_size <= st.data_size <= first["allocated_size"]
+        if first["lowest_vcn"] != 0 or not sizes_ok:
             raise FilesystemError(f"{what}: attribute sizes are corrupt")
         vcn = 0
         for buf, a in sorted(pieces, key=lambda p: p[1].get("lowest_vcn", 0)):
@@ -259,7 +286,8 @@ class NtfsTree(WalkedTree):
         else:
             def read_at(offset: int, n: int) -> bytes:
                 return self._vol._read_stream(st, offset, n, what)
-        return st.data_size, ReadAtFile(st.data_size, read_at)
+        ranges = data_ranges(st, unit or 1, self._vol.cluster_size)
+        return st.data_size, ReadAtFile(st.data_size, read_at, ranges)
 
     def _value(self, rec: Record, typ: int, name: str = "", limit: int = 1 << 20) -> bytes | None:
         pieces = rec.all(typ, name)
@@ -302,8 +330,7 @@ class NtfsTree(WalkedTree):
             pending += yield from _node(buf, h + ib["entries_offset"], min(bs, h + ib["index_length"]), what)
 
     def _root(self) -> tuple[Entry, int]:
-        rec = self._load(ROOT_RECORD)
-        return self._entry(rec, "", "/"), ROOT_RECORD
+        return self._top
 
     def _read_dir(self, entry: Entry, handle: int) -> Iterator[tuple[Entry, int]]:
         names = [n for n in self._index(self._load(handle)) if n[2] >= FIRST_USER_RECORD]
@@ -317,21 +344,23 @@ class NtfsTree(WalkedTree):
         if len(si_raw) < STANDARD_INFORMATION.size:
             raise FilesystemError(f"NTFS MFT record {rec.number} has no $STANDARD_INFORMATION")
         si = STANDARD_INFORMATION.parse(si_raw)
-        names = [a for _, a in rec.all(C.AT_FILE_NAME) if FILE_NAME.parse(a["_value"])["namespace"] != NAMESPACE_DOS]
-        e = Entry(name=name, path=path, kind="file", inode=rec.number, nlink=max(1, len(names)),
+        spaces = [FILE_NAME.parse(a["_value"])["namespace"] for _, a in rec.all(C.AT_FILE_NAME)]
+        links = sum(ns != NAMESPACE_DOS for ns in spaces)  # a Win32 + DOS pair is one link
+        e = Entry(name=name, path=path, kind="file", inode=rec.number, nlink=max(1, links),
                   mtime_ns=nt_time(si["modified"]), atime_ns=nt_time(si["accessed"]),
-                  ctime_ns=nt_time(si["changed"]))
-        what = f"NTFS file {path}"
+                  ctime_ns=nt_time(si["changed"]), btime_ns=nt_time(si["created"]))
+        data = rec.all(C.AT_DATA)
         if rec.flags & C.MFT_RECORD_IS_DIRECTORY:
             e.kind, e.nlink = "dir", 1
         else:
-            e.size = _size(rec.all(C.AT_DATA))
+            e.size = _size(data)
         reparse = self._value(rec, AT_REPARSE_POINT)
         if reparse is not None:
             kind, e.link_target = reparse_link(reparse)
             e.kind = kind or e.kind
-        elif si["attributes"] & FILE_ATTR_SYSTEM and e.kind == "file" and e.size <= INTERIX_MAX:
-            head = self._reader(rec.all(C.AT_DATA), what)[1].readall() if e.size > 1 else b""
+        elif si["attributes"] & FILE_ATTR_SYSTEM and e.kind == "file" and e.size <= INTERIX_MAX \
+                and not _encrypted(data):
+            head = self._reader(data, f"NTFS file {path}")[1].readall() if e.size > 1 else b""
             if head[:8] == INTERIX_LINK:
                 e.kind, e.link_target = "symlink", head[8:].decode("utf-16-le", "replace")
             elif e.size < 2 or head[:8] in INTERIX_DEVICES:
@@ -342,21 +371,32 @@ class NtfsTree(WalkedTree):
         e.mode = lx["$LXMOD"] & 0o7777 if "$LXMOD" in lx else None
         e.uid, e.gid = lx.get("$LXUID"), lx.get("$LXGID")
         for (typ, stream), pieces in rec.attrs.items():
-            if typ == C.AT_DATA and stream and _size(pieces) <= XATTR_MAX:
+            if typ == C.AT_DATA and stream and _size(pieces) <= XATTR_MAX and not _encrypted(pieces):
                 e.xattrs["user." + stream] = self._value(rec, C.AT_DATA, stream) or b""
         return e
 
     def _open(self, entry: Entry, handle: int) -> BinaryIO:
         pieces = self._load(handle).all(C.AT_DATA)
-        return self._reader(pieces, f"NTFS file {entry.path}")[1] if pieces else ReadAtFile(0, lambda o, n: b"")
+        if not pieces:
+            return ReadAtFile(0, lambda offset, n: b"")
+        return self._reader(pieces, f"NTFS file {entry.path}")[1]
+
+
+def _first(pieces: list[tuple[bytearray, dict]]) -> dict:
+    """The piece of an attribute holding its sizes and flags (the one mapping VCN 0)."""
+    return min(pieces, key=lambda p: p[1].get("lowest_vcn", 0))[1]
 
 
 def _size(pieces: list[tuple[bytearray, dict]]) -> int:
-    """An attribute's value size, from its first piece's header (no run list decoded)."""
+    """An attribute's value size, from its header (no run list decoded); 0 when absent."""
     if not pieces:
         return 0
-    a = min(pieces, key=lambda p: p[1].get("lowest_vcn", 0))[1]
+    a = _first(pieces)
     return a["data_size"] if a["non_resident"] else len(a["_value"])
+
+
+def _encrypted(pieces: list[tuple[bytearray, dict]]) -> bool:
+    return bool(pieces) and bool(_first(pieces)["flags"] & C.ATTR_IS_ENCRYPTED)
 
 
 def _node(buf: bytes | bytearray, pos: int, end: int, what: str) -> Iterator[tuple[str, int, int]]:

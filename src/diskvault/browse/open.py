@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Iterator
 
@@ -14,6 +15,7 @@ from diskvault.errors import FilesystemError, UsageError
 from diskvault.format.chain import Chain, ChainWindow
 from diskvault.format.reader import KeyRing
 
+log = logging.getLogger(__name__)
 LOCATION = re.compile(r"^(\d+):(.*)$", re.DOTALL)
 
 
@@ -60,9 +62,12 @@ def open_tree(chain: Chain, number: int | None) -> FileTree:
         window.seek(0)
         if tree.probe(window, window.size):
             try:
-                return tree(window, window.size)
+                opened_tree = tree(window, window.size)
             except FilesystemError as e:
                 raise FilesystemError(f"partition {part['number']}: {e}") from None
+            if getattr(opened_tree, "note", ""):  # e.g. an ext journal left unreplayed
+                log.warning("partition %s: %s", part["number"], opened_tree.note)
+            return opened_tree
     fstype = (part.get("fs") or {}).get("fstype")
     what = f"its {fstype} filesystem" if fstype else "an unknown filesystem"
     raise FilesystemError(f"partition {part['number']} holds {what}, which diskvault cannot browse")

@@ -15,7 +15,8 @@ from diskvault.browse.base import Entry
 from diskvault.browse.extract import POLICIES
 from diskvault.browse.extract import extract as extract_tree
 from diskvault.browse.open import opened
-from diskvault.browse.search import history, search as search_chain, walk
+from diskvault.browse.search import history, walk
+from diskvault.browse.search import search as search_chain
 from diskvault.cli._common import (EXIT_STATUS_HELP, PASSWORD_ENV, PASSWORD_FILE, handle_errors,
                                    password_options, print_json)
 from diskvault.errors import UsageError
@@ -29,6 +30,11 @@ KIND_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK,
 
 def warn(message: str) -> None:
     typer.echo(f"diskvault: warning: {message}", err=True)
+
+
+def say(line: str) -> None:
+    """One line of output; names that are not UTF-8 go out as the bytes the filesystem holds."""
+    typer.echo(line.encode("utf-8", "surrogateescape"))
 
 
 def entry_dict(entry: Entry, partition: int | None = None) -> dict:
@@ -70,7 +76,7 @@ def ls(
         return
     for e in entries:
         name = e.path if recursive or entry.kind != "dir" else e.name
-        typer.echo(long_line(e, name) if long else name)
+        say(long_line(e, name) if long else name)
 
 
 @handle_errors
@@ -81,15 +87,15 @@ def cat(
     password_env: str = PASSWORD_ENV,
 ) -> None:
     """Write a file inside an image to standard output."""
-    with opened(image, password_options(password_file, password_env), location) as (tree, path):
-        with tree.open(path) as f:
-            out = sys.stdout.buffer
-            try:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    out.write(block)
-                out.flush()
-            except BrokenPipeError:  # the reader went away (cat | head): not a failure
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    with opened(image, password_options(password_file, password_env), location) as (tree, path), \
+            tree.open(path) as f:
+        out = sys.stdout.buffer
+        try:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                out.write(block)
+            out.flush()
+        except BrokenPipeError:  # the reader went away (cat | head): not a failure
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @handle_errors
@@ -136,7 +142,7 @@ def search(
             print_json(rows)
             return
         for row in rows:
-            typer.echo(f"{row['partition']}:{row['path']}")
+            say(f"{row['partition']}:{row['path']}")
             for c in row["changes"]:
                 size = human_size(c["size"]) if "size" in c else ""
                 typer.echo(f"  {c['change']:<8} {c['image']}  {c['type']:<4} {size:>10}  "
@@ -148,7 +154,7 @@ def search(
         print_json([entry_dict(h.entry, h.partition) for h in hits])
         return
     for h in hits:
-        typer.echo(f"{h.partition}:{h.entry.path}")
+        say(f"{h.partition}:{h.entry.path}")
 
 
 for _command in (ls, cat, extract, search):

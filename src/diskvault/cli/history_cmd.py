@@ -6,8 +6,14 @@ import os
 
 import typer
 
-from diskvault.cli._common import (EXIT_STATUS_HELP, PASSWORD_ENV, PASSWORD_FILE, handle_errors,
-                                   password_options, print_json)
+from diskvault.cli._common import (
+    EXIT_STATUS_HELP,
+    PASSWORD_ENV,
+    PASSWORD_FILE,
+    handle_errors,
+    password_options,
+    print_json,
+)
 from diskvault.cli._plans import CATALOG
 from diskvault.errors import UsageError
 from diskvault.format.reader import KeyRing

@@ -9,8 +9,8 @@ from diskvault.cli._plans import CATALOG, print_verdicts
 from diskvault.errors import UsageError
 from diskvault.plans.definition import load
 from diskvault.plans.history import History
-from diskvault.plans.run import RunOptions, run_definition
 from diskvault.plans.retention import iso
+from diskvault.plans.run import RunOptions, run_definition
 from diskvault.ui.progress import for_terminal
 from diskvault.units import human_size
 

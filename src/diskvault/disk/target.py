@@ -142,3 +142,18 @@ def _pwrite_full(fd: int, view: memoryview, offset: int) -> None:
     done = 0
     while done < len(view):
         done += os.pwrite(fd, view[done:], offset + done)
+
+
+def supports_discard(path: str) -> bool:
+    """True for a block device whose queue takes discards (a partition asks its disk's queue)."""
+    st = os.stat(path)
+    if not stat.S_ISBLK(st.st_mode):
+        return False
+    sysdir = os.path.realpath(f"/sys/dev/block/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
+    if os.path.exists(os.path.join(sysdir, "partition")):
+        sysdir = os.path.dirname(sysdir)
+    try:
+        with open(os.path.join(sysdir, "queue", "discard_max_bytes")) as fh:
+            return int(fh.read().strip() or 0) > 0
+    except (OSError, ValueError):
+        return False

@@ -137,3 +137,29 @@ def scan(raw: bytes | memoryview) -> dict[bytes, RecordRef]:
 def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
+
+
+def select(entries: list[Entry], paths: list[str], with_parents: bool = False) -> list[Entry]:
+    """Entries at or below any of ``paths`` (archive paths; a leading '/' is ignored), in catalog
+    order, plus their parent directories when asked. ValueError names a path that matches nothing."""
+    wanted = [os.fsencode(p).strip(b"/") for p in paths]
+    if not wanted or b"" in wanted:
+        return list(entries)
+    hit = [False] * len(wanted)
+    keep: set[bytes] = set()
+    for e in entries:
+        for n, w in enumerate(wanted):
+            if e.path == w or e.path.startswith(w + b"/"):
+                hit[n] = True
+                keep.add(e.path)
+                break
+    missing = [paths[n] for n, h in enumerate(hit) if not h]
+    if missing:
+        raise ValueError(f"not in the archive: {', '.join(missing)}")
+    if with_parents:
+        for path in list(keep):
+            head = path.rpartition(b"/")[0]
+            while head and head not in keep:
+                keep.add(head)
+                head = head.rpartition(b"/")[0]
+    return [e for e in entries if e.path in keep]

@@ -19,10 +19,12 @@ SEED_CONTEXT = "diskvault 2026-11 files chunker seed"
 
 
 def chunker_seed(hash_key: bytes | None) -> int:
-    """0 (the default gear table) for a plain set; a key-derived 64-bit seed for an encrypted one."""
+    """0 (the default gear table) for a plain set; a key-derived 63-bit seed for an encrypted one
+    (pyfastcdc shifts the seed left by one in 64 bits)."""
     if not hash_key:
         return 0
-    return int.from_bytes(blake3.blake3(hash_key, derive_key_context=SEED_CONTEXT).digest(8), "little") or 1
+    raw = int.from_bytes(blake3.blake3(hash_key, derive_key_context=SEED_CONTEXT).digest(8), "little")
+    return (raw & (2**63 - 1)) or 1
 
 
 class Chunker:

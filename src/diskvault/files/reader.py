@@ -17,7 +17,8 @@ import blake3
 import numpy as np
 
 from diskvault.crypto.aead import Sealer
-from diskvault.errors import ImageFormatError, IncompleteImageError, IntegrityError, MissingChainMemberError
+from diskvault.errors import IncompleteImageError, IntegrityError, MissingChainMemberError
+from diskvault.files.errors import ArchiveFormatError
 from diskvault.files.layout import (FOOTER_SIZE, HEADER_SIZE, INDEX_DTYPE, NAME_RE, SECTION_CATALOG, SECTION_INDEX,
                                     SECTION_METADATA, SECTION_NAMES, TYPE_FULL, ArchiveFooter, ArchiveHeader,
                                     archive_file_name, chunk_aad)
@@ -46,9 +47,11 @@ def read_header(path: str) -> ArchiveHeader:
         with open(path, "rb") as f:
             return ArchiveHeader.unpack(f.read(HEADER_SIZE))
     except ValueError as e:
-        raise ImageFormatError(path, f"not a diskvault file archive: {e}") from None
+        if "checksum" in str(e):
+            raise IntegrityError(f"{path}: {e}") from None
+        raise ArchiveFormatError(path, e) from None
     except OSError as e:
-        raise ImageFormatError(path, e.strerror) from None
+        raise ArchiveFormatError(path, e.strerror) from None
 
 
 class ArchiveFile:
@@ -66,7 +69,7 @@ class ArchiveFile:
 
     def _open(self, path: str, keyring: KeyRing) -> None:
         if not os.path.exists(path):
-            raise ImageFormatError(path, "no such file")
+            raise ArchiveFormatError(path, "no such file")
         self.part_paths = part_paths(path)
         headers = []
         for n, p in enumerate(self.part_paths):

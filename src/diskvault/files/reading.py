@@ -3,6 +3,10 @@ bytes, and proof that they were not torn: the file is fstat'ed before and after 
 again (up to RETRIES times) when size, mtime, ctime or inode moved; a file that never holds still
 is stored from its last read and flagged, never silently.
 
+File timestamps are coarse (a clock tick, up to 10 ms), so a write in the same tick as the last
+change is invisible to fstat. A read counts as stable only if the file's ctime is older than the
+read's start by more than RACY_NS; a file changed just before is first left to settle that long.
+
 Small files are read whole by a worker (``read_small``); big files are streamed by the caller in
 chunks (``stream``) so that several workers hash and compress one big file together.
 """
@@ -25,6 +29,7 @@ from diskvault.files.writer import ArchiveWriter
 from diskvault.format import codec
 
 RETRIES = 3
+RACY_NS = 30_000_000  # more than two ticks of the coarse clock file timestamps come from
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -97,6 +102,19 @@ def data_segments(fd: int, st: os.stat_result) -> list[tuple[int, int]]:
     return segments
 
 
+def _settle(st: os.stat_result) -> int:
+    """Wait until a change at ``st``'s ctime is RACY_NS old; the time reading may start."""
+    wait = st.st_ctime_ns + RACY_NS - time.time_ns()
+    if 0 < wait <= 2 * RACY_NS:  # a ctime far in the future (clock set back): nothing to wait for
+        time.sleep(wait / 1e9)
+    return time.time_ns()
+
+
+def _held_still(before: os.stat_result, after: os.stat_result, started_ns: int) -> bool:
+    return stat_key(after) == stat_key(before) and (before.st_ctime_ns < started_ns - RACY_NS
+                                                    or before.st_ctime_ns > started_ns + 2 * RACY_NS)
+
+
 def _pread_all(fd: int, length: int, offset: int) -> bytes:
     parts, done = [], 0
     while done < length:
@@ -127,15 +145,15 @@ def read_small(path: bytes, chunker: Chunker, store: ChunkStore) -> FileRead:
     except OSError as e:
         return FileRead(error=f"{os.fsdecode(path)}: {e.strerror}")
     try:
-        for attempt in range(RETRIES):
+        for _ in range(RETRIES):
+            started = _settle(os.fstat(fd))
             st = os.fstat(fd)
             segments = data_segments(fd, st)
             data = [(s, _pread_all(fd, e - s, s)) for s, e in segments]
-            stable = stat_key(os.fstat(fd)) == stat_key(st) and all(len(d) == e - s for (s, e), (_, d)
-                                                                    in zip(segments, data))
+            stable = _held_still(st, os.fstat(fd), started) and all(len(d) == e - s for (s, e), (_, d)
+                                                                   in zip(segments, data))
             if stable:
                 break
-            time.sleep(0.05 * (attempt + 1))
         result = FileRead()
         for start, buf in data:
             result.bytes_read += len(buf)
@@ -184,17 +202,17 @@ def stream(path: bytes, chunker: Chunker, store: ChunkStore) -> Iterator[Callabl
 
     try:
         for attempt in range(RETRIES):
+            started = _settle(os.fstat(fd))
             st, done = os.fstat(fd), 0
             segments = data_segments(fd, st)
             for s, e in segments:
                 for off, data in chunker.cut_stream(_Segment(fd, s, e)):
                     done += len(data)
                     yield chunk_job(s + off, data)
-            stable = stat_key(os.fstat(fd)) == stat_key(st) and done == sum(e - s for s, e in segments)
+            stable = _held_still(st, os.fstat(fd), started) and done == sum(e - s for s, e in segments)
             if stable or attempt == RETRIES - 1:
                 break
             yield lambda: ("restart", None)
-            time.sleep(0.05 * (attempt + 1))
         result = _finish(fd, st, segments, FileRead(bytes_read=done), stable)
         yield lambda: ("end", result)
     except OSError as e:

@@ -1,31 +1,32 @@
-"""Restore an image to a block device or an image file.
+"""Restore an image to a block device or an image file, at the image's layout or another one.
 
     check target (exists / block device / not mounted / not in use / big enough / same layout)
-    -> confirm -> zero the ranges to restore -> chunks in disk order, checked and decompressed
-    by workers -> written (holes in files) -> fsync
+    -> plan the layout (resize.layout) -> confirm -> resize.transfer: chunks in disk order,
+    checked and decompressed by workers, written (holes in files), shrinks staged, free space
+    discarded, new table, grows, checks -> fsync
 Nothing is written before every check has passed and the user has confirmed.
 """
 
 from __future__ import annotations
 
 import os
-import time
+from dataclasses import asdict, dataclass, field
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from diskvault.crypto.keys import PasswordSource
 from diskvault.disk import devices
 from diskvault.disk.table import PartitionTable, read_partition_table
 from diskvault.disk.target import Target
 from diskvault.errors import TargetError, UsageError
-from diskvault.crypto.keys import PasswordSource
 from diskvault.format.chain import Chain
 from diskvault.format.reader import KeyRing
 from diskvault.fs import extents as ext
 from diskvault.fs.base import Window
-from diskvault.imaging.pipeline import ordered_map
-from diskvault.ui.progress import NullProgress, Progress
+from diskvault.resize.sources import ImageDisk
+from diskvault.resize.transfer import TransferOptions, transfer
+from diskvault.ui.progress import Progress
 from diskvault.units import human_size
 
 
@@ -35,6 +36,13 @@ class RestoreOptions:
     target: str
     partitions: list[int] | None = None
     password: PasswordSource | None = None
+    layout: str = "exact"  # exact (byte for byte), keep, fit, or a layout file
+    resizes: dict[int, int] = field(default_factory=dict)
+    dry_run: bool = False
+    delta: bool = False
+    trim: bool = True
+    target_size: int | None = None  # size of a target file that does not exist yet
+    temp_dir: str | None = None
 
 
 @dataclass
@@ -44,6 +52,11 @@ class RestoreResult:
     bytes_restored: int
     bytes_written: int
     seconds: float
+    bytes_compared: int = 0
+    bytes_discarded: int = 0
+    dry_run: bool = False
+    plan: dict = field(default_factory=dict)
+    checked: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,14 +95,18 @@ def _ranges(img: Chain, opts: RestoreOptions, target_table: PartitionTable | Non
 
 def restore_image(opts: RestoreOptions, confirm: Callable[[str], bool] | None = None,
                   progress: Progress | None = None) -> RestoreResult:
-    progress = progress or NullProgress()
-    started = time.monotonic()
+    if opts.partitions and opts.layout != "exact":
+        raise UsageError("--partitions restores at the image's layout; it cannot be combined with --layout")
     with Chain(opts.image, KeyRing(opts.password)) as img:
         devices.check_target_path(opts.target)
         exists = os.path.exists(opts.target)
         if exists:
             devices.check_target_free(opts.target)
-        target_table = None
+        elif opts.delta:
+            raise UsageError("--delta compares with an existing target; the target does not exist")
+        if exists and opts.target_size:
+            raise UsageError(f"--size is for a target file that does not exist yet; {opts.target} exists")
+        target_table, target_size = None, opts.target_size or img.disk_size
         if exists:
             probe = Target(opts.target)
             try:
@@ -97,56 +114,17 @@ def restore_image(opts: RestoreOptions, confirm: Callable[[str], bool] | None = 
                 target_size = probe.size
             finally:
                 probe.close()
-        ranges = _ranges(img, opts, target_table)
-        needed = int(ranges[-1, 0] + ranges[-1, 1]) if len(ranges) else 0
-        if exists and target_size < needed:
-            raise TargetError(opts.target, f"it is {human_size(target_size)} ({target_size} bytes), "
-                                           f"the image needs {human_size(needed)} ({needed} bytes)")
-        if confirm is not None and exists:
-            what = "the whole disk" if not opts.partitions else \
-                "partition " + ", ".join(map(str, opts.partitions))
-            if not confirm(f"Overwrite {what} on {opts.target} ({describe_target(opts.target)})?"):
-                raise TargetError(opts.target, "not confirmed")
-        target = Target(opts.target, create_size=None if exists else img.disk_size)
-        try:
-            written = _write(img, target, ranges, progress)
-            target.flush()
-        finally:
-            target.close()
-    return RestoreResult(image=opts.image, target=opts.target, bytes_restored=ext.total(ranges),
-                         bytes_written=written, seconds=round(time.monotonic() - started, 3))
-
-
-def _write(img: Chain, target: Target, ranges: np.ndarray, progress: Progress) -> int:
-    """Zero what no chunk covers (in a file: all of it, so zeros become holes), then write every
-    stored chunk's bytes that fall inside the ranges."""
-    starts = ranges[:, 0].astype(np.int64)
-    ends = starts + ranges[:, 1].astype(np.int64)
-    offs, lens = img.state.offsets, img.state.lengths
-    # chunks overlapping any range
-    hit = np.searchsorted(ends, offs, side="right") < np.searchsorted(starts, offs + lens, side="left")
-    chunks = np.flatnonzero(hit).tolist()
-    if target.is_block:
-        to_zero = ext.intersect(ranges, ext.complement(np.stack([offs[hit], lens[hit]], axis=1), img.disk_size))
-    else:
-        to_zero = ranges
-    for start, length in to_zero.tolist():
-        target.zero(start, length)
-    progress.start("restoring", int(lens[hit].sum()))
-    written = 0
-
-    def decode(j: int) -> tuple[int, bytes]:
-        return j, img.decode(j)
-
-    for i, data in ordered_map(decode, chunks):
-        off = int(offs[i])
-        for s, e in zip(starts.tolist(), ends.tolist()):
-            a, b = max(s, off), min(e, off + len(data))
-            if a < b:
-                written += target.write(a, memoryview(data)[a - off:b - off])
-        progress.advance(len(data))
-    progress.finish()
-    return written
+        ranges = _ranges(img, opts, target_table) if opts.partitions else None
+        what = "the whole disk" if not opts.partitions else "partition " + ", ".join(map(str, opts.partitions))
+        question = f"Overwrite {what} on {opts.target} ({describe_target(opts.target)})?" if exists else ""
+        done = transfer(ImageDisk(img), opts.target, target_size, exists,
+                        TransferOptions(layout=opts.layout, resizes=opts.resizes, ranges=ranges, dry_run=opts.dry_run,
+                                        delta=opts.delta, trim=opts.trim, temp_dir=opts.temp_dir),
+                        question, confirm, progress)
+    return RestoreResult(image=opts.image, target=opts.target, bytes_restored=done.bytes_restored,
+                         bytes_written=done.bytes_written, seconds=done.seconds, bytes_compared=done.bytes_compared,
+                         bytes_discarded=done.bytes_discarded, dry_run=done.dry_run, plan=done.plan,
+                         checked=done.checked)
 
 
 def describe_target(path: str) -> str:

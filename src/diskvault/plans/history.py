@@ -13,8 +13,8 @@ import sqlite3
 from dataclasses import asdict, dataclass, field
 
 from diskvault.errors import DiskvaultError
-from diskvault.format.reader import ImageFile, KeyRing, part_paths
 from diskvault.format.layout import TYPE_NAMES
+from diskvault.format.reader import ImageFile, KeyRing, part_paths
 from diskvault.imaging.sets import scan
 from diskvault.plans.inventory import complete
 
@@ -79,13 +79,14 @@ class History:
     def __init__(self, path: str | None = None) -> None:
         self.path = path or default_catalog()
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=30)
+        # check_same_thread: the built-in scheduler may run in a thread of a bigger program
+        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
         self._db.close()
 
-    def __enter__(self) -> "History":
+    def __enter__(self) -> History:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -28,7 +28,7 @@ class DefinitionLock:
         self.name = name or definition_id
         self._fd: int | None = None
 
-    def __enter__(self) -> "DefinitionLock":
+    def __enter__(self) -> DefinitionLock:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:

@@ -90,7 +90,7 @@ def run_step(step: Step, env: dict[str, str], stage: str) -> None:
     """Run a shell step; StepFailedError when it exits non-zero or times out."""
     try:
         proc = subprocess.run(["/bin/sh", "-c", step.command], env=os.environ | env, timeout=step.timeout,
-                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
     except subprocess.TimeoutExpired:
         raise StepFailedError(f"{stage} step `{step.command}` timed out after {step.timeout} s") from None
     if proc.returncode != 0:

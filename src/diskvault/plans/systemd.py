@@ -108,7 +108,7 @@ class ScheduleStatus:
 
 
 def _systemctl(*args: str) -> str:
-    proc = subprocess.run(["systemctl", *args], capture_output=True, text=True)
+    proc = subprocess.run(["systemctl", *args], capture_output=True, text=True, check=False)
     if proc.returncode != 0 and args[0] != "is-enabled":
         raise SystemctlError(" ".join(args), (proc.stderr or proc.stdout).strip())
     return proc.stdout.strip()

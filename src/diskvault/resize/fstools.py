@@ -22,6 +22,7 @@ CHECKS = {"ext2": ["e2fsck", "-fn"], "ext3": ["e2fsck", "-fn"], "ext4": ["e2fsck
           "ntfs": ["ntfsfix", "-n"], "vfat": ["fsck.fat", "-n"], "xfs": ["xfs_repair", "-n"],
           "btrfs": ["btrfs", "check", "--readonly"]}
 SWAP_MIN = 1 << 20
+MIN_RESIZE = {"btrfs": 256 << 20}  # the kernel's btrfs resize ioctl refuses sizes below 256 MiB
 
 
 def _run(*args: str) -> str:
@@ -63,8 +64,9 @@ def can_shrink(fstype: str | None) -> bool:
     return fstype in (*EXT, "ntfs", "vfat", "btrfs", "swap")
 
 
-def can_grow(fstype: str | None) -> bool:
-    return can_shrink(fstype) or fstype == "xfs"
+def can_grow(fstype: str | None, new_size: int | None = None) -> bool:
+    """True when the filesystem can be resized (to ``new_size``) in place."""
+    return (can_shrink(fstype) or fstype == "xfs") and (new_size is None or new_size >= MIN_RESIZE.get(fstype, 0))
 
 
 def min_size(fstype: str, path: str) -> int:
@@ -83,7 +85,8 @@ def min_size(fstype: str, path: str) -> int:
         return fat.min_size(path)
     if fstype == "btrfs":
         with mounted(path, "btrfs") as mnt:
-            return int(_run("btrfs", "inspect-internal", "min-dev-size", mnt).split()[0])
+            found = int(_run("btrfs", "inspect-internal", "min-dev-size", mnt).split()[0])
+        return max(found, min(MIN_RESIZE["btrfs"], _size(path)))
     if fstype == "swap":
         return SWAP_MIN
     raise FilesystemError(f"{fstype or 'unknown content'} cannot shrink")

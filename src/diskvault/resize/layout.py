@@ -19,13 +19,11 @@ from dataclasses import asdict, dataclass, field, replace
 from diskvault.disk import gpt, mbr
 from diskvault.disk.table import Partition, PartitionTable
 from diskvault.errors import TargetError, UsageError
+from diskvault.resize.fstools import can_grow, can_shrink
 from diskvault.units import human_size, parse_size
 
 ALIGN = 1 << 20
 EBR_OFFSET = ALIGN  # an EBR sits this far before its logical partition
-GROWABLE = frozenset({"ext2", "ext3", "ext4", "ntfs", "vfat", "btrfs", "xfs", "swap"})
-SHRINKABLE = GROWABLE - {"xfs"}
-MODES = ("exact", "keep", "fit")
 
 
 @dataclass
@@ -60,12 +58,10 @@ class LayoutPlan:
     notes: list[str] = field(default_factory=list)
 
     @property
-    def changes_table(self) -> bool:
-        """True when the target gets a new partition table instead of the image's bytes."""
-        if self.mode == "exact" or self.table.kind == "none":
-            return False
-        moved = any(p.action != "copy" for p in self.placements)
-        return moved or (self.table.kind == "gpt" and self.target_size != self.table.disk_size)
+    def writes_table(self) -> bool:
+        """True when the target gets a table written anew (a GPT always: its backup belongs at the
+        target's end) instead of the image's table bytes (exact, and MBR with keep)."""
+        return self.mode != "exact" and (self.table.kind == "gpt" or (self.table.kind == "mbr" and self.mode != "keep"))
 
     def new_table(self) -> PartitionTable:
         """The source table with every partition at its new place (MBR: extended container spanning
@@ -153,9 +149,8 @@ def plan_layout(table: PartitionTable, fstypes: dict[int, str | None], target: s
     if mode in ("exact", "keep"):
         plan.placements = [Placement(p.number, fstypes.get(p.number), p.start, p.size, p.start, p.size, p.kind)
                            for p in parts]
-        end = max((p.end for p in parts), default=0) if mode == "keep" else table.disk_size
-        limit = usable_end(table, target_size) if mode == "keep" else target_size
-        if end > limit:
+        end = max((p.end for p in parts), default=0)
+        if mode == "keep" and end > usable_end(table, target_size):
             raise TargetError(target, f"it is {human_size(target_size)} ({target_size} bytes); the partitions "
                                   f"need {human_size(end)} up to byte {end}")
         return plan
@@ -168,9 +163,10 @@ def plan_layout(table: PartitionTable, fstypes: dict[int, str | None], target: s
         sizes[0] = resizes.get(0, target_size // 4096 * 4096)
     elif _end(parts, sizes, starts) <= limit:
         grower = next((p for p in reversed(parts) if p.number not in fixed
-                       and fstypes.get(p.number) in GROWABLE), None)
-        if grower is not None:
-            sizes[grower.number] += (limit - _end(parts, sizes, starts)) // 512 * 512
+                       and can_grow(fstypes.get(p.number))), None)
+        if grower is not None and target_size > table.disk_size:  # 512-byte steps at the end, else MiBs
+            step = 512 if grower is parts[-1] else ALIGN
+            sizes[grower.number] += (limit - _end(parts, sizes, starts)) // step * step
     else:
         _shrink(parts, sizes, starts, fixed, fstypes, limit, target, min_size, plan)
     placed = _place(parts, sizes, starts)
@@ -180,8 +176,6 @@ def plan_layout(table: PartitionTable, fstypes: dict[int, str | None], target: s
     if end > limit:
         raise TargetError(target, f"it is {human_size(target_size)}; this layout needs {human_size(end)} "
                               f"up to byte {end}")
-    if parts and table.kind != "none" and parts[0].start > 0:
-        plan.notes.append("unpartitioned space after the first partition is not copied")
     return plan
 
 
@@ -216,7 +210,7 @@ def _shrink(parts: list[Partition], sizes: dict[int, int], starts: dict[int, int
             min_size: Callable[[int], int] | None, plan: LayoutPlan) -> None:
     """Shrink the resizable partitions by one common factor (the largest that fits), each no
     further than its filesystem's minimum rounded up to 1 MiB."""
-    movable = [p for p in parts if p.number not in fixed and fstypes.get(p.number) in SHRINKABLE]
+    movable = [p for p in parts if p.number not in fixed and can_shrink(fstypes.get(p.number))]
     floors = {}
     for p in movable:
         floors[p.number] = min(sizes[p.number], _up(min_size(p.number) if min_size else sizes[p.number]))
@@ -237,6 +231,19 @@ def _shrink(parts: list[Partition], sizes: dict[int, int], starts: dict[int, int
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if _end(parts, trial(mid), starts) <= limit else (lo, mid)
     sizes.update(trial(lo))
-    for n, floor in floors.items():
-        if sizes[n] < base[n]:
-            plan.notes.append(f"partition {n} shrinks to {human_size(sizes[n])} (minimum {human_size(floor)})")
+
+
+def format_plan(plan: dict) -> str:
+    """The plan (``LayoutPlan.to_dict()``) as a table: old and new start and size per partition."""
+    rows = [("#", "fs", "old start", "old size", "new start", "new size", "minimum", "action")]
+    for p in plan["partitions"]:
+        rows.append((str(p["number"]), p["fstype"] or "-", human_size(p["old_start"]), human_size(p["old_size"]),
+                     human_size(p["new_start"]), human_size(p["new_size"]),
+                     human_size(p["min_size"]) if p["min_size"] else "", p["action"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"layout {plan['mode']}: {plan['table']} table, {human_size(plan['source_size'])} -> "
+             f"{human_size(plan['target_size'])}"]
+    lines += ["  ".join(c.rjust(w) if i in (2, 3, 4, 5, 6) else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+              .rstrip() for r in rows]
+    lines += [f"note: {n}" for n in plan["notes"]]
+    return "\n".join(lines)
