@@ -69,11 +69,12 @@ class PrefetchReader:
                 self._scheduled_until = j
                 return
             last = min(j + self.ahead, len(self.chain.state.offsets) - 1)
-            for k in range(max(j + 1, self._scheduled_until + 1), last + 1):
-                fut = self._pool.submit(self.chain.cell, k)
-                self._inflight[k] = fut
-                fut.add_done_callback(lambda _f, k=k: self._done(k))
+            started = {k: self._pool.submit(self.chain.cell, k)
+                       for k in range(max(j + 1, self._scheduled_until + 1), last + 1)}
+            self._inflight.update(started)
             self._scheduled_until = max(self._scheduled_until, last)
+        for k, fut in started.items():  # outside the lock: a finished future calls back at once
+            fut.add_done_callback(lambda _f, k=k: self._done(k))
 
     def _done(self, k: int) -> None:
         with self._lock:
