@@ -225,7 +225,7 @@ def test_probe(tmp_path, monkeypatch):
     if shutil.which("mkfs.vfat"):
         run("mkfs.vfat", vfat)
     img = make_btrfs(tmp_path / "fs.img", 128)
-    for path, want in ((zero, None), (ext4, "ext"), (vfat, None), (img, "btrfs")):
+    for path, want in ((zero, None), (ext4, "ext"), (vfat, "fat"), (img, "btrfs")):
         fd = os.open(path, os.O_RDONLY)
         _FDS.append(fd)
         win = base.Window(fd, 0, os.path.getsize(path))

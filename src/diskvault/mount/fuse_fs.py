@@ -115,7 +115,7 @@ def operations(reader: PrefetchReader, files: dict[str, Slice], folders: list[st
 def serve(ops, mountpoint: str, fsname: str) -> None:
     """Mount and serve until unmounted (blocks; runs libfuse's multi-threaded loop)."""
     fuse = load_mfusepy()
-    threads = {"max_threads": 8} if fuse.fuse_version_major == 3 else {}  # libfuse 3.14 warns without it
+    threads = {"max_idle_threads": 8} if fuse.fuse_version_major == 3 else {}  # libfuse 3.14 warns without it
     try:
         fuse.FUSE(ops, mountpoint, foreground=True, ro=True, fsname=fsname, subtype="diskvault",
                   kernel_cache=True, entry_timeout=CACHE_SECONDS, attr_timeout=CACHE_SECONDS,
