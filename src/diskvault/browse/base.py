@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import errno
-import io
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, ClassVar, Protocol
+
+from diskvault.readat import ReadAtFile  # noqa: F401 - the trees' file class
 
 
 @dataclass
@@ -51,50 +52,6 @@ class FileTree(Protocol):
 
 
 MAX_SYMLINK_HOPS = 40  # as Linux: more is a loop (ELOOP)
-
-
-class ReadAtFile(io.RawIOBase):
-    """A read-only, seekable file over ``read_at(offset, length)`` (which returns exactly that many
-    bytes): what FileTree.open hands out for data scattered over a volume. ``ranges`` are the
-    (offset, length) pieces that may hold data (the rest reads as zeros), for sparse copies."""
-
-    def __init__(self, size: int, read_at: Callable[[int, int], bytes],
-                 ranges: list[tuple[int, int]] | None = None) -> None:
-        super().__init__()
-        self._size, self._read_at, self._pos = size, read_at, 0
-        self._ranges = [(0, size)] if ranges is None else ranges
-
-    def data_ranges(self) -> list[tuple[int, int]]:
-        return [r for r in self._ranges if r[1] > 0]
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + pos)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        view = memoryview(buffer).cast("B")
-        n = max(0, min(len(view), self._size - self._pos))
-        if n:
-            view[:n] = self._read_at(self._pos, n)
-            self._pos += n
-        return n
-
-    def readall(self) -> bytes:
-        return self.read(max(0, self._size - self._pos)) or b""
-
-    @property
-    def size(self) -> int:
-        return self._size
 
 
 class WalkedTree:

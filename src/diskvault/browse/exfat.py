@@ -17,7 +17,8 @@ from diskvault.browse.base import Entry, ReadAtFile, WalkedTree
 from diskvault.browse.fat import Pieces, dos_time, follow
 from diskvault.errors import FilesystemError
 from diskvault.fs import c_fat as C
-from diskvault.fs.exfat import ExfatReader, _read_at
+from diskvault.fs.exfat import ExfatReader
+from diskvault.readat import read_at as _read_at
 
 ENTRY = C.EXFAT_ENTRY_SIZE
 FILE, STREAM, NAME = 0x85, 0xC0, 0xC1  # entry types (InUse bit set)

@@ -16,7 +16,8 @@ from diskvault.browse.base import Entry
 from diskvault.browse.runs import ZERO, Run, RunFile
 from diskvault.errors import FilesystemError
 from diskvault.fs import c_ext as C
-from diskvault.fs.ext import ExtReader, _read_at
+from diskvault.fs.ext import ExtReader
+from diskvault.readat import read_at as _read_at
 
 MAX_SYMLINK_HOPS = 40  # as the kernel's MAXSYMLINKS
 INODE_CACHE = 4096

@@ -23,7 +23,8 @@ import numpy as np
 from diskvault.browse.base import Entry, ReadAtFile, WalkedTree
 from diskvault.errors import FilesystemError
 from diskvault.fs import c_fat as C
-from diskvault.fs.fat import FatReader, _read_at, fat_entries
+from diskvault.fs.fat import FatReader, fat_entries
+from diskvault.readat import read_at as _read_at
 
 DIRENT = struct.Struct("<11sBBBHHHHHHHI")  # a whole 32-byte short entry, fields as in Dirent
 LFN_CHARS = (slice(1, 11), slice(14, 26), slice(28, 32))  # where a long-name entry keeps its 13 chars

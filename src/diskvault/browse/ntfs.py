@@ -25,7 +25,8 @@ from typing import BinaryIO, ClassVar
 from diskvault.browse.base import Entry, ReadAtFile, WalkedTree
 from diskvault.errors import FilesystemError
 from diskvault.fs import c_ntfs as C
-from diskvault.fs.ntfs import NtfsReader, Stream, _read_at
+from diskvault.fs.ntfs import NtfsReader, Stream
+from diskvault.readat import read_at as _read_at
 
 F = C.Field
 STANDARD_INFORMATION = C.Layout((F(0x00, "created", "Q"), F(0x08, "modified", "Q"), F(0x10, "changed", "Q"),

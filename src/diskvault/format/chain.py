@@ -12,7 +12,6 @@ chain has the same state hash as the chain, so merging never breaks the links of
 
 from __future__ import annotations
 
-import io
 import os
 from collections import OrderedDict
 from threading import Lock
@@ -25,6 +24,7 @@ from diskvault.format.layout import CHUNK_PATCH, CHUNK_ZERO, TYPE_FULL
 from diskvault.format.patch import apply_patch
 from diskvault.format.reader import ImageFile, KeyRing
 from diskvault.format.writer import image_file_name
+from diskvault.readat import ReadAtFile
 
 STATE_DTYPE = np.dtype([("disk_offset", "<u8"), ("length", "<u4"), ("content_hash", "V16")])
 
@@ -197,41 +197,10 @@ class Chain:
         return bytes(out)
 
 
-class ChainWindow(io.RawIOBase):
+class ChainWindow(ReadAtFile):
     """A read-only, seekable file-like view of ``size`` bytes at ``offset`` of a chain's disk, so
     filesystem readers (which take a BinaryIO) can read a partition straight out of an image."""
 
     def __init__(self, chain: Chain, offset: int = 0, size: int | None = None) -> None:
-        super().__init__()
-        self._chain, self._base = chain, offset
-        self._size = chain.disk_size - offset if size is None else size
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + pos)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        view = memoryview(buffer).cast("B")
-        n = max(0, min(len(view), self._size - self._pos))
-        view[:n] = self._chain.read(self._base + self._pos, n)
-        self._pos += n
-        return n
-
-    def pread(self, offset: int, length: int) -> bytes:
-        self.seek(offset)
-        return self.read(length) or b""
-
-    @property
-    def size(self) -> int:
-        return self._size
+        super().__init__(chain.disk_size - offset if size is None else size,
+                         lambda pos, n: chain.read(offset + pos, n))

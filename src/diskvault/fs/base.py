@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import io
-import os
 from dataclasses import asdict, dataclass
 from typing import BinaryIO, ClassVar, Protocol
 
 import numpy as np
+
+from diskvault.readat import ReadAtFile, pread_full
 
 
 @dataclass
@@ -41,7 +41,7 @@ class FsReader(Protocol):
         """Sorted, merged (start, length) uint64 pairs, bytes from the filesystem's start."""
 
 
-class Window(io.RawIOBase):
+class Window(ReadAtFile):
     """A read-only file-like view of ``size`` bytes at ``offset`` of a file descriptor.
 
     Readers get one of these so the same code reads a device, an image file or a partition
@@ -49,43 +49,7 @@ class Window(io.RawIOBase):
     """
 
     def __init__(self, fd: int, offset: int, size: int) -> None:
-        super().__init__()
-        self._fd, self._base, self._size, self._pos = fd, offset, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + pos)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        view = memoryview(buffer).cast("B")
-        want = max(0, min(len(view), self._size - self._pos))
-        done = 0
-        while done < want:
-            n = os.preadv(self._fd, [view[done:want]], self._base + self._pos + done)
-            if n == 0:
-                break
-            done += n
-        self._pos += done
-        return done
-
-    def pread(self, offset: int, length: int) -> bytes:
-        """Read exactly ``length`` bytes at ``offset`` (short only at the end of the window)."""
-        self.seek(offset)
-        return self.read(length) or b""
-
-    @property
-    def size(self) -> int:
-        return self._size
+        super().__init__(size, lambda pos, n: pread_full(fd, offset + pos, n))
 
 
 def probe(fh: Window) -> type[FsReader] | None:

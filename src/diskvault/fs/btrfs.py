@@ -23,6 +23,7 @@ from typing import BinaryIO, ClassVar
 import numpy as np
 
 from diskvault.errors import FilesystemError
+from diskvault.readat import read_at as _read_at
 from diskvault.fs import c_btrfs as C
 from diskvault.fs.base import FsInfo
 from diskvault.fs.extents import clip, merge
@@ -105,13 +106,6 @@ def crc32c(data: bytes) -> int:
 
 # ----------------------------------------------------------------------------- helpers
 
-
-def _read_at(fh: BinaryIO, offset: int, length: int) -> bytes:
-    pread = getattr(fh, "pread", None)
-    if pread is not None:
-        return pread(offset, length)
-    fh.seek(offset)
-    return fh.read(length) or b""
 
 
 def _uuid(raw: bytes) -> str:

@@ -16,6 +16,7 @@ from typing import BinaryIO, ClassVar
 import numpy as np
 
 from diskvault.errors import FilesystemError
+from diskvault.readat import read_at as _read_at
 from diskvault.fs import c_fat as C
 from diskvault.fs.base import FsInfo
 from diskvault.fs.extents import from_bitmap, merge, total
@@ -24,13 +25,6 @@ CHUNK_BYTES = 1 << 21  # bitmap bytes turned into extents per pass (bounds memor
 FAT_PAGE = 4096  # FAT bytes read at a time while following a chain
 WANTED = [C.EXFAT_ENTRY_BITMAP, C.EXFAT_ENTRY_UPCASE, C.EXFAT_ENTRY_LABEL]
 
-
-def _read_at(fh: BinaryIO, offset: int, length: int) -> bytes:
-    pread = getattr(fh, "pread", None)
-    if pread is not None:
-        return pread(offset, length)
-    fh.seek(offset)
-    return fh.read(length) or b""
 
 
 def _bad(what: str) -> FilesystemError:

@@ -14,6 +14,7 @@ from typing import BinaryIO, ClassVar
 import numpy as np
 
 from diskvault.errors import FilesystemError
+from diskvault.readat import read_at as _read_at
 from diskvault.fs import c_ext as C
 from diskvault.fs.base import FsInfo
 from diskvault.fs.extents import clip, from_bitmap, merge, total
@@ -21,13 +22,6 @@ from diskvault.fs.extents import clip, from_bitmap, merge, total
 CHUNK_BLOCKS = 1 << 24  # blocks turned into extents per pass (bounds memory on big filesystems)
 MAX_RUN_BLOCKS = 4096  # at most this many consecutive bitmap blocks per read
 
-
-def _read_at(fh: BinaryIO, offset: int, length: int) -> bytes:
-    pread = getattr(fh, "pread", None)
-    if pread is not None:
-        return pread(offset, length)
-    fh.seek(offset)
-    return fh.read(length) or b""
 
 
 def _bad(what: str) -> FilesystemError:

@@ -16,6 +16,7 @@ from typing import BinaryIO, ClassVar
 import numpy as np
 
 from diskvault.errors import FilesystemError
+from diskvault.readat import read_at as _read_at
 from diskvault.fs import c_fat as C
 from diskvault.fs.base import FsInfo
 from diskvault.fs.extents import from_bitmap, merge, total
@@ -23,13 +24,6 @@ from diskvault.fs.extents import from_bitmap, merge, total
 CHUNK_ENTRIES = 1 << 22  # FAT entries decoded per pass (bounds memory on big FAT32 volumes)
 LABEL_MAX_CLUSTERS = 100  # FAT32 root directory clusters searched for the label (as libblkid)
 
-
-def _read_at(fh: BinaryIO, offset: int, length: int) -> bytes:
-    pread = getattr(fh, "pread", None)
-    if pread is not None:
-        return pread(offset, length)
-    fh.seek(offset)
-    return fh.read(length) or b""
 
 
 def _bpb_problem(bpb: dict) -> str | None:

@@ -18,6 +18,7 @@ from typing import BinaryIO, ClassVar
 import numpy as np
 
 from diskvault.errors import FilesystemError
+from diskvault.readat import read_at as _read_at
 from diskvault.fs import c_ntfs as C
 from diskvault.fs.base import FsInfo
 from diskvault.fs.extents import clip, from_bitmap, merge, unpack_bits
@@ -25,13 +26,6 @@ from diskvault.fs.extents import clip, from_bitmap, merge, unpack_bits
 CHUNK_BYTES = 2 << 20  # bitmap bytes turned into extents per pass (16 Mi clusters; bounds memory)
 MAX_RECORD_SIZE = 1 << 16
 
-
-def _read_at(fh: BinaryIO, offset: int, length: int) -> bytes:
-    pread = getattr(fh, "pread", None)
-    if pread is not None:
-        return pread(offset, length)
-    fh.seek(offset)
-    return fh.read(length) or b""
 
 
 def _bad(what: str) -> FilesystemError:

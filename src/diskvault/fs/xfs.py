@@ -28,6 +28,7 @@ from typing import BinaryIO, ClassVar
 import numpy as np
 
 from diskvault.errors import FilesystemError
+from diskvault.readat import read_at as _read_at
 from diskvault.fs import c_xfs as C
 from diskvault.fs.base import FsInfo
 from diskvault.fs.extents import EMPTY, complement
@@ -37,13 +38,6 @@ DIRTY_LOG = (
     "(or use --forensic)"
 )
 
-
-def _read_at(fh: BinaryIO, offset: int, length: int) -> bytes:
-    pread = getattr(fh, "pread", None)
-    if pread is not None:
-        return pread(offset, length)
-    fh.seek(offset)
-    return fh.read(length) or b""
 
 
 def _bad(what: str) -> FilesystemError:
