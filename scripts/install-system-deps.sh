@@ -2,7 +2,7 @@
 # Install the Debian packages diskvault, its tests and (with --bench) its benchmarks use.
 # Runs apt-get only when something is missing, so repeated runs are instant.
 set -euo pipefail
-packages=(e2fsprogs fdisk gdisk util-linux mount zstd python3-venv ntfs-3g dosfstools mtools exfatprogs exfat-fuse xfsprogs btrfs-progs fuse3 cryptsetup-bin acl)
+packages=(e2fsprogs fdisk gdisk util-linux mount zstd python3-venv ntfs-3g dosfstools mtools exfatprogs exfat-fuse xfsprogs btrfs-progs fuse3 cryptsetup-bin acl systemd)
 if [[ "${1:-}" == "--bench" ]]; then
     packages+=(partclone qemu-utils fsarchiver time)
 fi

@@ -8,18 +8,17 @@ import json
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
 from datetime import datetime, timedelta
 
 import pytest
+from diskutil import make_tree
 from lxml import etree
 from plansutil import FakeClock, make_definition, small_disk, smtp_server
 from test_roundtrip import dv
 
 from diskvault.errors import UsageError
-from diskvault.plans import systemd
 from diskvault.plans.cron import Cron
 from diskvault.plans.definition import DefinitionError, Email, Step, load, save
 from diskvault.plans.history import History
@@ -118,7 +117,8 @@ def test_cli_exit_2_for_bad_definition_files_and_usage(tmp_path, disk):
     with open(broken, "w") as f:
         f.write("<definition")
     for args in (("run", broken), ("definition", "show", broken), ("purge", broken, "--dry-run"),
-                 ("schedule", "install", broken), ("run", good, "--full", "--inc"), ("run", str(tmp_path / "none.xml"))):
+                 ("schedule", "install", broken), ("run", good, "--full", "--inc"),
+                 ("run", str(tmp_path / "none.xml"))):
         r = dv(*args, check=False)
         assert r.returncode == 2 and r.stderr.startswith("diskvault: "), (args, r.stderr)
     assert not os.listdir(load(good).destination)
@@ -128,8 +128,9 @@ def test_cli_exit_2_for_bad_definition_files_and_usage(tmp_path, disk):
 
 
 def _systemd_times(spec: str, base: datetime, n: int) -> list[datetime]:
-    out = subprocess.run([SYSTEMD_ANALYZE, "calendar", f"--iterations={n}", f"--base-time={base:%Y-%m-%d %H:%M:%S}",
-                          spec], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([SYSTEMD_ANALYZE, "calendar", f"--iterations={n}",
+                          f"--base-time={base:%Y-%m-%d %H:%M:%S}", spec],
+                         capture_output=True, text=True, check=True).stdout
     return [datetime.strptime(m, "%Y-%m-%d %H:%M:%S")
             for m in re.findall(r"(?:Next elapse|Iter\. #\d+): \w+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", out)]
 
@@ -174,7 +175,7 @@ def test_systemd_units_pass_systemd_analyze_verify(tmp_path, disk):
     check = subprocess.run([SYSTEMD_ANALYZE, "verify", service, timer], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
     assert "diskvault-nightly" not in check.stderr, check.stderr
-    for spec in re.findall(r"^OnCalendar=(.*)$", text, re.M):
+    for spec in re.findall(r"^OnCalendar=(.*)$", text, re.MULTILINE):
         assert subprocess.run([SYSTEMD_ANALYZE, "calendar", spec], capture_output=True).returncode == 0
     listed = json.loads(dv("schedule", "list", defn.path, "--unit-dir", units, "--json").stdout)
     assert listed["installed"] and set(listed["next_runs"]) == {"full", "diff", "inc"}
@@ -188,7 +189,7 @@ def test_builtin_scheduler_runs_at_the_set_time(tmp_path, disk):
     real = time.time()
     boundary = (int(real) // 60 + 1) * 60
     offset = boundary - 1.5 - real
-    clock = lambda: datetime.fromtimestamp(time.time() + offset)  # noqa: E731
+    clock = lambda: datetime.fromtimestamp(time.time() + offset)
     os.utime(defn.path, (boundary - 5, boundary - 5))
     history = History(str(tmp_path / "sched.sqlite"))
     scheduler = Scheduler([defn.path], history, clock)
@@ -233,16 +234,31 @@ def test_lock_keeps_a_second_run_out(tmp_path, disk):
     assert dv("run", defn.path).returncode == 0
 
 
-def test_files_source_is_defined_but_reports_clearly(tmp_path):
-    xml = str(tmp_path / "files.xml")
-    dv("definition", "create", "--files", str(tmp_path), "--include", "*.txt", "--exclude", "*/cache/*",
-       "--name", "docs", "--to", str(tmp_path / "dest"), "--save", xml)
+def test_files_source_runs_through_the_plan(tmp_path):
+    """A folder backup: the plan picks the type from the archive sets, retention knows them as this
+    definition's by their roots, and deletes whole sets."""
+    src = tmp_path / "docs"
+    make_tree(str(src), seed=5, files=20, max_size=50_000)
+    (src / "scratch.tmp").write_bytes(b"x" * 1000)
+    xml, dest = str(tmp_path / "files.xml"), str(tmp_path / "dest")
+    dv("definition", "create", "--files", str(src), "--exclude", "*.tmp", "--name", "docs", "--to", dest,
+       "--save", xml, "--keep", "full=1")
     defn = load(xml)
-    assert defn.source.kind == "files" and defn.source.paths == [str(tmp_path)]
-    assert defn.source.include == ["*.txt"] and defn.source.exclude == ["*/cache/*"]
-    os.makedirs(defn.destination)
-    r = dv("run", xml, check=False)
-    assert r.returncode == 1 and "not available" in r.stderr
+    assert defn.source.kind == "files" and defn.source.paths == [str(src)] and defn.source.exclude == ["*.tmp"]
+    os.makedirs(dest)
+    first = json.loads(dv("run", xml, "--json").stdout)["run"]
+    assert first["type"] == "full" and first["files"][0].endswith("-00-00.dvbak") and first["result"] == "success"
+    (src / "dir0" / "new.txt").write_text("changed\n")
+    second = json.loads(dv("run", xml, "--json").stdout)["run"]
+    assert second["type"] == "inc" and second["set_id"] == first["set_id"]
+    third = json.loads(dv("run", xml, "--full", "--json").stdout)["run"]
+    assert third["set_id"] != first["set_id"]
+    assert sorted(third["deleted"]) == sorted(first["files"] + second["files"])  # the old set, whole
+    assert sorted(os.listdir(dest)) == [os.path.basename(f) for f in third["files"]]
+    report = json.loads(dv("purge", xml, "--dry-run", "--json").stdout)
+    (verdict,) = report["verdicts"]
+    assert verdict["keep"] and "full #1 of the newest 1" in verdict["reasons"]
+    assert verdict["owner"] == f"files {src}"
 
 
 def test_history_json_and_rebuild_after_losing_the_catalog(tmp_path, disk):

@@ -49,7 +49,8 @@ def expect_failure(xml: str, box, error: str, dest: str, before: dict, *args: st
     assert row.result == "failure" and error in row.error and not row.files
     (mail,) = box.wait(1)
     body = mail.get_payload(decode=True).decode()
-    assert mail["Subject"].startswith("[diskvault] FAILURE: ") and error in body and "Result:            FAILURE" in body
+    assert mail["Subject"].startswith("[diskvault] FAILURE: ")
+    assert error in body and "Result:            FAILURE" in body
     assert snapshot(dest) == before  # earlier sets untouched, nothing partial left
     return json.loads(dv("history", "--json").stdout)[0]
 

@@ -10,7 +10,17 @@ import os
 from datetime import datetime, timedelta
 
 import pytest
-from plansutil import FakeClock, at, change, images, make_definition, restore_all, sha256, small_disk, verify_all
+from plansutil import (
+    FakeClock,
+    at,
+    change,
+    images,
+    make_definition,
+    restore_all,
+    sha256,
+    small_disk,
+    verify_all,
+)
 
 from diskvault.crypto.keys import password_source
 from diskvault.plans.history import History

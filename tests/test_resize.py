@@ -6,8 +6,20 @@ import os
 import shutil
 
 import pytest
-from diskutil import (MiB, Part, build_disk, build_mixed_disk, fsck_clean, loop_device, make_tree, mixed_disk_state, mounted,
-                      partition_manifest, sh, sha256_file)
+from diskutil import (
+    MiB,
+    Part,
+    build_disk,
+    build_mixed_disk,
+    fsck_clean,
+    loop_device,
+    make_tree,
+    mixed_disk_state,
+    mounted,
+    partition_manifest,
+    sh,
+    sha256_file,
+)
 from test_roundtrip import dv, image
 
 from diskvault.disk.table import read_partition_table
@@ -87,7 +99,7 @@ def test_keep_on_a_larger_disk_moves_the_gpt_backup(tmp_path, mixed):
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, mixed):
-    disk, img, _, _ = mixed
+    _, img, _, _ = mixed
     target = str(tmp_path / "t.img")
     with open(target, "wb") as f:
         f.write(b"keep me" * 1000)
@@ -104,7 +116,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, mixed):
 
 
 def test_shrinking_below_the_used_size_is_refused_before_writing(tmp_path, mixed):
-    disk, img, _, _ = mixed
+    _, img, _, _ = mixed
     target = str(tmp_path / "t.img")
     with open(target, "wb") as f:
         f.write(b"keep me" * 1000)
@@ -225,15 +237,15 @@ def test_xfs_grows_and_btrfs_grows_and_shrinks(tmp_path):
 def test_delta_writes_only_what_changed(tmp_path):
     disk = str(tmp_path / "disk.img")
     (part,) = build_disk(disk, [Part(160, "ext4", tree_seed=7)], workdir=str(tmp_path))
-    with loop_device(disk, part.start, part.size) as dev, mounted(dev, str(tmp_path / "mnt"), "rw") as mnt:
-        with open(os.path.join(mnt, "big"), "wb") as f:
+    with loop_device(disk, part.start, part.size) as dev, mounted(dev, str(tmp_path / "mnt"), "rw") as mnt, \
+            open(os.path.join(mnt, "big"), "wb") as f:
             f.write(os.urandom(100 * MiB))
     images = str(tmp_path / "images")
     full = image(disk, images)["image"]
     target = str(tmp_path / "target.img")
     first = json.loads(dv("restore", full, target, "--yes", "--json").stdout)
-    with loop_device(disk, part.start, part.size) as dev, mounted(dev, str(tmp_path / "mnt"), "rw") as mnt:
-        with open(os.path.join(mnt, "big"), "r+b") as f:
+    with loop_device(disk, part.start, part.size) as dev, mounted(dev, str(tmp_path / "mnt"), "rw") as mnt, \
+            open(os.path.join(mnt, "big"), "r+b") as f:
             f.seek(50 * MiB)
             f.write(os.urandom(2 * MiB))
     inc = image(disk, images, "--type", "inc")["image"]
@@ -266,3 +278,29 @@ def test_trim_on_a_loop_device_leaves_free_space_as_holes(tmp_path, mixed):
     assert r["bytes_discarded"] > 100 * MiB
     assert os.stat(target).st_blocks * 512 < r["bytes_restored"] + 4 * MiB
     assert mixed_disk_state(target, parts_of(target), str(tmp_path)) == expected
+
+
+def test_moved_ntfs_and_fat_record_their_new_start(tmp_path):
+    """Windows boots through the BPB's hidden-sectors field: it must follow a moved partition."""
+    disk = str(tmp_path / "disk.img")
+    with open(disk, "wb") as f:
+        f.truncate(64 * MiB)
+    sh("sfdisk", "-q", disk, input="label: gpt\nstart=2048, size=40960, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n"
+                                   "start=43008, size=40960, type=EBD0A0A2-B9E5-4433-87C0-68B97B26B9C7\n")
+    with loop_device(disk, 2048 * 512, 20 * MiB) as dev:
+        sh("mkfs.vfat", "-F", "32", "-h", "2048", dev)
+    with loop_device(disk, 43008 * 512, 20 * MiB) as dev:
+        sh("mkntfs", "-q", "-f", "-F", "-p", "43008", "-H", "255", "-S", "63", dev)
+    img = image(disk, str(tmp_path / "images"))["image"]
+    target = str(tmp_path / "t.img")
+    dv("restore", img, target, "--size", "80M", "--layout", "fit", "--resize", "1=30M", "--yes")
+    esp, ntfs = table_of(target).partitions
+    assert ntfs.start == 31 * MiB
+    with open(target, "rb") as f:
+        for where in (esp.start, esp.start + 6 * 512, ntfs.start, ntfs.end - 512):
+            f.seek(where)
+            sector = f.read(512)
+            assert int.from_bytes(sector[0x1C:0x20], "little") == (ntfs.start if where >= ntfs.start
+                                                                    else esp.start) // 512, where
+    with loop_device(target, ntfs.start, ntfs.size, read_only=True) as dev:
+        sh("ntfsfix", "-n", dev)

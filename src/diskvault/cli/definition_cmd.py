@@ -57,8 +57,9 @@ def _email(to: str | None, sender: str | None, smtp: str | None, security: str, 
     if not smtp:
         raise UsageError("--mail-to needs --smtp HOST[:PORT]")
     host, _, port = smtp.partition(":")
+    default_port = {"ssl": 465, "starttls": 587}.get(security, 25)
     return [Email(to=to, sender=sender or f"diskvault@{os.uname().nodename}", host=host,
-                  port=int(port) if port else (465 if security == "ssl" else 587 if security == "starttls" else 25),
+                  port=int(port) if port else default_port,
                   security=security, user=user or "", password_file=os.path.abspath(password_file) if password_file
                   else "", password_env=password_env or "", on=[x for x in on.replace(",", " ").split() if x])]
 
@@ -103,7 +104,8 @@ def create(
     smtp_user: str = typer.Option(None, "--smtp-user", help="SMTP login."),
     smtp_password_file: str = typer.Option(None, "--smtp-password-file", help="SMTP password file."),
     smtp_password_env: str = typer.Option(None, "--smtp-password-env", help="SMTP password variable."),
-    mail_on: str = typer.Option("failure,warning", "--mail-on", help="Results that mail: failure,warning,success."),
+    mail_on: str = typer.Option("failure,warning", "--mail-on",
+                                help="Results that mail: failure,warning,success."),
     json_out: bool = typer.Option(False, "--json", help="Print the definition as JSON."),
 ) -> None:
     """Write a backup definition file (checked against docs/definition.xsd)."""
@@ -149,7 +151,7 @@ def show(definition: str = typer.Argument(..., help="Backup definition file (XML
     """Check a definition and show it, with where its source is now and its next runs."""
     defn = load(definition)
     try:
-        found = resolve(defn.source) if defn.source.kind != "files" else "(folders)"
+        found = resolve(defn.source)
     except DiskvaultError as e:
         found = f"not found: {e}"
     now = datetime.now()

@@ -49,7 +49,8 @@ def history(
     for r in reversed(runs):
         took = f"{(r.ended_ns - r.started_ns) / 1e9:6.1f} s" if r.ended_ns else "      ? "
         size = human_size(r.bytes_written) if r.bytes_written is not None else "?"
-        line = f"{iso(r.started_ns)}  {took}  {r.definition or '?':<20} {r.type or '-':<4} {r.result:<7} {size:>10}"
+        line = (f"{iso(r.started_ns)}  {took}  {r.definition or '?':<20} {r.type or '-':<4} {r.result:<7} "
+                f"{size:>10}")
         if r.rebuilt:
             line += "  (rebuilt)"
         typer.echo(line + (f"  {r.error}" if r.error else ""))

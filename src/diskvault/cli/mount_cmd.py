@@ -13,7 +13,8 @@ def _describe(state: dict) -> str:
     mp = state["mountpoint"]
     lines = [f"mounted {state['image']} read-only at {mp}",
              *(f"  {mp}/{name}" for name in state["files"]),
-             *(f"  {mp}/{n}/  ({fstype} files)" for n, fstype in sorted(state["mounted"].items(), key=lambda x: int(x[0]))),
+             *(f"  {mp}/{n}/  ({fstype} files{', read by diskvault' if n in state['served'] else ''})"
+               for n, fstype in sorted(state["mounted"].items(), key=lambda x: int(x[0]))),
              *(f"  {note}" for note in state["notes"])]
     return "\n".join(lines)
 
@@ -30,8 +31,7 @@ def mount(
     foreground: bool = typer.Option(False, "--foreground", help="Stay attached; Ctrl-C unmounts."),
     json_out: bool = typer.Option(False, "--json", help="Print the mount's state as JSON."),
 ) -> None:
-    """Mount an image read-only: MOUNTPOINT/disk.img, MOUNTPOINT/partN.img and, with --partition or
-    --all, the partitions' files at MOUNTPOINT/N. Undo with `diskvault umount MOUNTPOINT`."""
+    """Mount an image read-only: disk.img, partN.img and (--partition/--all) the partitions' files at N/."""
     if partition and all_partitions:
         raise typer.BadParameter("give --partition or --all, not both")
 

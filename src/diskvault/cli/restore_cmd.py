@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from diskvault.cli._common import (EXIT_STATUS_HELP, PASSWORD_ENV, PASSWORD_FILE, handle_errors, parse_partitions,
-                                   password_options, print_json, tty_confirm)
+from diskvault.cli._common import (
+    EXIT_STATUS_HELP,
+    PASSWORD_ENV,
+    PASSWORD_FILE,
+    handle_errors,
+    parse_partitions,
+    password_options,
+    print_json,
+    tty_confirm,
+)
 from diskvault.imaging.restore import RestoreOptions, restore_image
 from diskvault.resize.layout import format_plan, parse_resizes
 from diskvault.ui.progress import for_terminal

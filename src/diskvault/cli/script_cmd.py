@@ -23,7 +23,8 @@ script_app = typer.Typer(no_args_is_help=True, help="Stand-alone scripts that ru
 def generate(
     definition: str = typer.Argument(..., help="Backup definition file (XML)."),
     shell: str = typer.Option("bash", "--shell", help=f"Script language: {' or '.join(SHELLS)}."),
-    output: str = typer.Option(None, "--output", "-o", help="Write the script here (executable) instead of stdout."),
+    output: str = typer.Option(None, "--output", "-o",
+                               help="Write the script here (executable) instead of stdout."),
 ) -> None:
     """A script with the definition's pre steps, the backup, post steps, mail on failure and the exit code."""
     text = generate_script(load(definition), shell)

@@ -13,7 +13,8 @@ import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from diskvault.disk.mbr import has_protective_entry, read_at
+from diskvault.disk.mbr import ENTRIES_OFFSET, has_protective_entry, parse_entries, read_at
+from diskvault.disk.mbr import SIGNATURE as MBR_SIGNATURE
 from diskvault.disk.table import Partition, PartitionTable, Region
 from diskvault.errors import PartitionTableError
 
@@ -301,8 +302,6 @@ def encode(disk_guid: str, entries: bytes, num_entries: int, entry_size: int, di
 def protective_mbr(sector0: bytes, disk_size: int, sector_size: int = 512) -> bytes:
     """``sector0`` (boot code and disk signature kept) with its 0xEE entry covering the whole disk,
     or a fresh protective MBR when it has none."""
-    from diskvault.disk.mbr import ENTRIES_OFFSET, SIGNATURE as MBR_SIGNATURE, parse_entries
-
     out = bytearray(sector0[:512].ljust(512, b"\0"))
     entries = parse_entries(bytes(out)) if out[510:512] == MBR_SIGNATURE else []
     slot = next((e.slot for e in entries if e.type == 0xEE), None)

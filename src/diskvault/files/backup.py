@@ -29,7 +29,7 @@ from diskvault.files.layout import (E_CHANGED, FLAG_ENCRYPTED, T_DIR, T_FILE, T_
                                     TYPE_FULL, TYPE_INC, TYPE_NAMES, ArchiveHeader)
 from diskvault.files.metadata import Owners, read_xattrs
 from diskvault.files.reader import ArchiveChain
-from diskvault.files.reading import ChunkStore, FileRead, read_small, stream
+from diskvault.files.reading import ChunkStore, FileRead, read_batch, stream
 from diskvault.files.sets import find_parent, next_increment
 from diskvault.files.walker import Filters, Found, normalize_roots, walk
 from diskvault.files.writer import ArchiveWriter
@@ -37,12 +37,12 @@ from diskvault.format.codec import LEVELS
 from diskvault.format.reader import KeyRing
 from diskvault.imaging.destination import auto_split_size
 from diskvault.imaging.pipeline import ordered_map
-from diskvault.ui.files_progress import report_files
+from diskvault.ui.files_progress import files_reporter
 from diskvault.ui.progress import NullProgress, Progress
 
 TYPES = {"full": TYPE_FULL, "diff": TYPE_DIFF, "inc": TYPE_INC}
 STREAM_MIN = 16 << 20  # bigger files are cut by the walker's thread and encoded chunk by chunk
-BATCH_FILES, BATCH_BYTES = 32, 16 << 20  # small files go to workers in batches (fewer handoffs)
+BATCH_FILES, BATCH_BYTES = 16, 16 << 20  # small files go to workers in batches (fewer handoffs)
 
 
 @dataclass
@@ -173,13 +173,16 @@ class _Run:
 
     def _batch_job(self, batch: list[int]) -> Callable[[], list]:
         items = list(batch)
-        return lambda: [(i, ("end", read_small(self.found[i].path, self.chunker, self.store))) for i in items]
+        return lambda: list(zip(items, (("end", r) for r in read_batch([self.found[i].path for i in items],
+                                                                           self.chunker, self.store))))
 
     def read_content(self) -> None:
+        # inode order is close to on-disk order: far fewer seeks than name order on a cold cache
+        self.content.sort(key=lambda i: (self.found[i].st.st_dev, self.found[i].st.st_ino))
         self.progress.start("backing up", sum(self.found[i].st.st_size for i in self.content))
         streamed: dict[int, list] = {}
         advanced: dict[int, int] = {}
-        done = 0
+        done, report_files = 0, files_reporter(self.progress)
         for events in ordered_map(lambda job: job(), self._jobs()):
             for i, (kind, value) in events:
                 if kind == "chunk":
@@ -192,7 +195,7 @@ class _Run:
                     self.progress.advance(max(0, self.found[i].st.st_size - advanced.pop(i, 0)))
                     self._done(i, value, streamed.pop(i, None))
                     done += 1
-                    report_files(self.progress, done, len(self.content))
+                    report_files(done, len(self.content))
         self.progress.finish()
 
     def _done(self, i: int, r: FileRead, streamed: list | None) -> None:

@@ -11,6 +11,7 @@ import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from diskvault.files.layout import (CHUNK_REF, ENTRY, T_BLK, T_CHR, T_DIR, T_FIFO, T_FILE, T_HARDLINK,
                                     T_SOCK, T_SYMLINK, XATTR)
@@ -18,11 +19,13 @@ from diskvault.files.layout import (CHUNK_REF, ENTRY, T_BLK, T_CHR, T_DIR, T_FIF
 ChunkRef = tuple[int, int, bytes]  # (offset in the file, length, content hash)
 
 
+_TYPES = {stat.S_IFREG: T_FILE, stat.S_IFDIR: T_DIR, stat.S_IFLNK: T_SYMLINK, stat.S_IFIFO: T_FIFO,
+          stat.S_IFCHR: T_CHR, stat.S_IFBLK: T_BLK, stat.S_IFSOCK: T_SOCK}
+
+
 def entry_type(mode: int) -> int:
     """Catalog type of an lstat mode."""
-    fmt = stat.S_IFMT(mode)
-    return {stat.S_IFREG: T_FILE, stat.S_IFDIR: T_DIR, stat.S_IFLNK: T_SYMLINK, stat.S_IFIFO: T_FIFO,
-            stat.S_IFCHR: T_CHR, stat.S_IFBLK: T_BLK, stat.S_IFSOCK: T_SOCK}[fmt]
+    return _TYPES[stat.S_IFMT(mode)]
 
 
 @dataclass
@@ -109,8 +112,7 @@ def iter_entries(raw: bytes | memoryview) -> Iterator[Entry]:
         yield entry
 
 
-@dataclass(frozen=True)
-class RecordRef:
+class RecordRef(NamedTuple):
     """Where a record lies in a catalog, and what decides whether its file changed since."""
 
     start: int
@@ -123,14 +125,14 @@ class RecordRef:
 def scan(raw: bytes | memoryview) -> dict[bytes, RecordRef]:
     """Path -> record position, reading only the fixed parts (fast: an unchanged re-run's parent)."""
     out: dict[bytes, RecordRef] = {}
-    pos, unpack, n = 0, ENTRY.unpack_from, len(raw)
+    pos, unpack, n, fixed = 0, ENTRY.unpack_from, len(raw), ENTRY.size
     while pos < n:
         (length, typ, flags, _, _, _, _, _, size, mtime, _, ctime, _, ino, _, path_len, *_rest) = unpack(raw, pos)
-        if length < ENTRY.size or pos + length > n:
+        end = pos + length
+        if length < fixed or end > n:
             raise ValueError(f"malformed record at byte {pos}")
-        p = pos + ENTRY.size
-        out[bytes(raw[p:p + path_len])] = RecordRef(pos, pos + length, typ, flags, (size, mtime, ctime, ino))
-        pos += length
+        out[raw[pos + fixed:pos + fixed + path_len]] = RecordRef(pos, end, typ, flags, (size, mtime, ctime, ino))
+        pos = end
     return out
 
 

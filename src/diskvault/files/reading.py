@@ -7,7 +7,7 @@ File timestamps are coarse (a clock tick, up to 10 ms), so a write in the same t
 change is invisible to fstat. A read counts as stable only if the file's ctime is older than the
 read's start by more than RACY_NS; a file changed just before is first left to settle that long.
 
-Small files are read whole by a worker (``read_small``); big files are streamed by the caller in
+Small files are read whole by a worker, a batch at a time (``read_batch``); big files are streamed by the caller in
 chunks (``stream``) so that several workers hash and compress one big file together.
 """
 
@@ -66,17 +66,18 @@ class ChunkStore:
         return digest
 
 
-def open_source(path: bytes) -> int:
+def open_source(path: bytes) -> tuple[int, os.stat_result]:
     """Open for reading without following a symlink swapped in since the walk, without blocking on
-    a FIFO swapped in, and without touching atime where allowed."""
+    a FIFO swapped in, and without touching atime where allowed; the fd and its fstat."""
     try:
         fd = os.open(path, _OPEN_FLAGS | os.O_NOATIME)
     except PermissionError:  # O_NOATIME needs ownership or CAP_FOWNER
         fd = os.open(path, _OPEN_FLAGS)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise OSError(errno.EINVAL, "no longer a regular file", path)
-    return fd
+    return fd, st
 
 
 def data_segments(fd: int, st: os.stat_result) -> list[tuple[int, int]]:
@@ -102,12 +103,14 @@ def data_segments(fd: int, st: os.stat_result) -> list[tuple[int, int]]:
     return segments
 
 
-def _settle(st: os.stat_result) -> int:
-    """Wait until a change at ``st``'s ctime is RACY_NS old; the time reading may start."""
-    wait = st.st_ctime_ns + RACY_NS - time.time_ns()
+def _settle(fd: int, st: os.stat_result) -> tuple[os.stat_result, int]:
+    """Wait until a change at ``st``'s ctime is RACY_NS old: (fstat then, time reading starts)."""
+    now = time.time_ns()
+    wait = st.st_ctime_ns + RACY_NS - now
     if 0 < wait <= 2 * RACY_NS:  # a ctime far in the future (clock set back): nothing to wait for
         time.sleep(wait / 1e9)
-    return time.time_ns()
+        return os.fstat(fd), time.time_ns()
+    return st, now
 
 
 def _held_still(before: os.stat_result, after: os.stat_result, started_ns: int) -> bool:
@@ -136,24 +139,19 @@ def _finish(fd: int, st: os.stat_result, segments: list[tuple[int, int]], result
     return result
 
 
-def read_small(path: bytes, chunker: Chunker, store: ChunkStore) -> FileRead:
-    """Read a whole (small) file, check it held still, then chunk and store it."""
-    try:
-        fd = open_source(path)
-    except FileNotFoundError:
-        return FileRead(vanished=True)
-    except OSError as e:
-        return FileRead(error=f"{os.fsdecode(path)}: {e.strerror}")
+def _read_open(path: bytes, fd: int, st: os.stat_result, chunker: Chunker, store: ChunkStore) -> FileRead:
+    """Read a whole (small) open file, check it held still, then chunk and store it; closes fd."""
     try:
         for _ in range(RETRIES):
-            started = _settle(os.fstat(fd))
-            st = os.fstat(fd)
+            st, started = _settle(fd, st)
             segments = data_segments(fd, st)
             data = [(s, _pread_all(fd, e - s, s)) for s, e in segments]
-            stable = _held_still(st, os.fstat(fd), started) and all(len(d) == e - s for (s, e), (_, d)
-                                                                   in zip(segments, data))
+            after = os.fstat(fd)
+            stable = _held_still(st, after, started) and all(len(d) == e - s for (s, e), (_, d)
+                                                             in zip(segments, data))
             if stable:
                 break
+            st = after
         result = FileRead()
         for start, buf in data:
             result.bytes_read += len(buf)
@@ -164,6 +162,22 @@ def read_small(path: bytes, chunker: Chunker, store: ChunkStore) -> FileRead:
         return FileRead(error=f"{os.fsdecode(path)}: {e.strerror}")
     finally:
         os.close(fd)
+
+
+def read_batch(paths: list[bytes], chunker: Chunker, store: ChunkStore) -> list[FileRead]:
+    """Read small files: open them all and ask for all their data at once (a deep queue of reads,
+    so a cold disk serves them in its best order), then read, check and store each."""
+    opened: list[tuple[int, os.stat_result] | FileRead] = []
+    for path in paths:
+        try:
+            fd, st = open_source(path)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            opened.append((fd, st))
+        except FileNotFoundError:
+            opened.append(FileRead(vanished=True))
+        except OSError as e:
+            opened.append(FileRead(error=f"{os.fsdecode(path)}: {e.strerror}"))
+    return [o if isinstance(o, FileRead) else _read_open(p, *o, chunker, store) for p, o in zip(paths, opened)]
 
 
 class _Segment:
@@ -188,7 +202,7 @@ def stream(path: bytes, chunker: Chunker, store: ChunkStore) -> Iterator[Callabl
     """Jobs for a big file: cutting happens here (the caller's thread, GIL released while cutting),
     hashing, compressing and storing each chunk happen in whichever worker runs its job."""
     try:
-        fd = open_source(path)
+        fd, st = open_source(path)
     except FileNotFoundError:
         yield lambda: ("end", FileRead(vanished=True))
         return
@@ -202,16 +216,18 @@ def stream(path: bytes, chunker: Chunker, store: ChunkStore) -> Iterator[Callabl
 
     try:
         for attempt in range(RETRIES):
-            started = _settle(os.fstat(fd))
-            st, done = os.fstat(fd), 0
+            st, started = _settle(fd, st)
+            done = 0
             segments = data_segments(fd, st)
             for s, e in segments:
                 for off, data in chunker.cut_stream(_Segment(fd, s, e)):
                     done += len(data)
                     yield chunk_job(s + off, data)
-            stable = _held_still(st, os.fstat(fd), started) and done == sum(e - s for s, e in segments)
+            after = os.fstat(fd)
+            stable = _held_still(st, after, started) and done == sum(e - s for s, e in segments)
             if stable or attempt == RETRIES - 1:
                 break
+            st = after
             yield lambda: ("restart", None)
         result = _finish(fd, st, segments, FileRead(bytes_read=done), stable)
         yield lambda: ("end", result)

@@ -28,7 +28,7 @@ from diskvault.files.errors import UnsafeArchiveError, UnsafePathError
 from diskvault.files.safepath import SafeTree, check_catalog
 from diskvault.format.reader import KeyRing
 from diskvault.imaging.pipeline import ordered_map
-from diskvault.ui.files_progress import report_files
+from diskvault.ui.files_progress import files_reporter
 from diskvault.ui.progress import NullProgress, Progress
 
 OVERWRITE = ("never", "older", "always", "ask")
@@ -116,6 +116,7 @@ class _Restore:
         self.errors: list[str] = []
         self.count = self.files = self.bytes = 0
         self._total_files = 0
+        self._report_files = files_reporter(progress)
 
     def run(self, entries: list[Entry]) -> None:
         files = [e for e in entries if e.type == T_FILE]
@@ -237,7 +238,7 @@ class _Restore:
             self.restored.add(e.path)
             if e.flags & E_CHANGED:
                 self.warnings.append(f"{e.name}: was changing while it was backed up; its content may be torn")
-        report_files(self.progress, self.files, self._total_files)
+        self._report_files(self.files, self._total_files)
 
     # -- namespace -------------------------------------------------------------------------------
     def _may_replace(self, e: Entry, st: os.stat_result) -> bool:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pathspec
@@ -19,6 +21,7 @@ from diskvault.errors import UsageError
 CACHEDIR_TAG = b"CACHEDIR.TAG"
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 SPECIAL = (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK)
+WALK_THREADS = 4  # listing and lstat wait on the disk when the cache is cold
 
 
 @dataclass
@@ -102,56 +105,99 @@ def walk(roots: list[bytes], filters: Filters, skip_dir: tuple[int, int] | None 
     exclude, include = _spec(filters.exclude_patterns()), _spec(filters.include)
     out = WalkResult()
     seen_parents: set[bytes] = set()
-    for root in roots:
-        rel_root = root.lstrip(b"/")
-        parts = rel_root.split(b"/")[:-1] if rel_root else []
-        for i in range(len(parts)):  # parents of the root, as directories
-            rel = b"/".join(parts[:i + 1])
-            if rel not in seen_parents:
-                seen_parents.add(rel)
-                out.found.append(Found(rel, b"/" + rel, os.stat(b"/" + rel)))
-        _walk_root(root, rel_root, filters, exclude, skip_dir, out)
+    with ThreadPoolExecutor(WALK_THREADS, thread_name_prefix="dv-walk") as pool:
+        for root in roots:
+            rel_root = root.lstrip(b"/")
+            parts = rel_root.split(b"/")[:-1] if rel_root else []
+            for i in range(len(parts)):  # parents of the root, as directories
+                rel = b"/".join(parts[:i + 1])
+                if rel not in seen_parents:
+                    seen_parents.add(rel)
+                    out.found.append(Found(rel, b"/" + rel, os.stat(b"/" + rel)))
+            _Tree(pool, filters, exclude, skip_dir, out).walk(root, rel_root)
     if include is not None:
         _apply_include(out, include, seen_parents)
     return out
 
 
-def _walk_root(root: bytes, rel_root: bytes, filters: Filters, exclude, skip_dir, out: WalkResult) -> None:
-    root_dev = os.lstat(root).st_dev
-    stack = [(root, rel_root)]
-    while stack:
-        path, rel = stack.pop()
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            continue  # vanished since its folder was listed
-        except OSError as e:
-            out.errors.append(f"{os.fsdecode(path)}: {e.strerror}")
-            continue
-        fmt = stat.S_IFMT(st.st_mode)
-        is_dir = fmt == stat.S_IFDIR
-        if path != root and ((exclude is not None and _match(exclude, rel, is_dir))
-                             or (fmt in SPECIAL and not filters.special)):
-            out.skipped += 1
-            continue
-        if rel:  # "/" itself has no entry
-            out.found.append(Found(rel, path, st))
-        if not is_dir or (filters.one_file_system and st.st_dev != root_dev):
-            continue
-        if skip_dir == (st.st_dev, st.st_ino):
-            out.notes.append(f"{os.fsdecode(path)} is the destination folder: its contents are not backed up")
-            continue
+@dataclass
+class _Listing:
+    children: list[Found] = field(default_factory=list)
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class _Tree:
+    """One root: folders are listed and their entries lstat'ed by a pool of threads (a cold
+    cache's inode and directory reads overlap), then put together depth first, in name order."""
+
+    def __init__(self, pool: ThreadPoolExecutor, filters: Filters, exclude, skip_dir, out: WalkResult) -> None:
+        self.pool, self.filters, self.exclude, self.skip_dir, self.out = pool, filters, exclude, skip_dir, out
+        self.pending: dict[bytes, Future] = {}  # folder rel -> its listing (set before the parent's returns)
+
+    def walk(self, root: bytes, rel_root: bytes) -> None:
+        st = os.lstat(root)
+        self.root_dev = st.st_dev
+        if rel_root:  # "/" itself has no entry
+            self.out.found.append(Found(rel_root, root, st))
+        if not self._descend(root, st):
+            return
+        stack = [self._take(self.pool.submit(self._list, root, rel_root))]
+        while stack:
+            f = next(stack[-1], None)
+            if f is None:
+                stack.pop()
+                continue
+            self.out.found.append(f)
+            future = self.pending.pop(f.rel, None)
+            if future is not None:
+                stack.append(self._take(future))
+
+    def _take(self, future: Future) -> Iterator[Found]:
+        listing = future.result()
+        self.out.skipped += listing.skipped
+        self.out.errors += listing.errors
+        return iter(listing.children)
+
+    def _descend(self, path: bytes, st: os.stat_result) -> bool:
+        if not stat.S_ISDIR(st.st_mode) or (self.filters.one_file_system and st.st_dev != self.root_dev):
+            return False
+        if self.skip_dir == (st.st_dev, st.st_ino):
+            self.out.notes.append(f"{os.fsdecode(path)} is the destination folder: its contents are not backed up")
+            return False
+        return True
+
+    def _list(self, path: bytes, rel: bytes) -> _Listing:
+        """A folder's kept entries, lstat'ed; sub-folders are queued before returning."""
+        out = _Listing()
         try:
             names = sorted(os.listdir(path))
         except OSError as e:
             out.errors.append(f"{os.fsdecode(path)}: {e.strerror}")
-            continue
-        if filters.exclude_caches and CACHEDIR_TAG in names and _is_cache_dir(path):
+            return out
+        if self.filters.exclude_caches and CACHEDIR_TAG in names and _is_cache_dir(path):
             out.skipped += len(names) - 1
             names = [CACHEDIR_TAG]
-        base = path.rstrip(b"/") + b"/"
-        for name in reversed(names):
-            stack.append((base + name, rel + b"/" + name if rel else name))
+        base, prefix = path.rstrip(b"/") + b"/", rel + b"/" if rel else b""
+        exclude, special = self.exclude, self.filters.special
+        for name in names:
+            child, child_rel = base + name, prefix + name
+            try:
+                st = os.lstat(child)
+            except FileNotFoundError:
+                continue  # vanished since the folder was listed
+            except OSError as e:
+                out.errors.append(f"{os.fsdecode(child)}: {e.strerror}")
+                continue
+            fmt = stat.S_IFMT(st.st_mode)
+            if (exclude is not None and _match(exclude, child_rel, fmt == stat.S_IFDIR)) or \
+                    (fmt in SPECIAL and not special):
+                out.skipped += 1
+                continue
+            out.children.append(Found(child_rel, child, st))
+            if fmt == stat.S_IFDIR and self._descend(child, st):
+                self.pending[child_rel] = self.pool.submit(self._list, child, child_rel)
+        return out
 
 
 def _apply_include(out: WalkResult, include, parents: set[bytes]) -> None:

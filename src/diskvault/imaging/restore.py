@@ -10,8 +10,8 @@ Nothing is written before every check has passed and the user has confirmed.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 

@@ -1,7 +1,8 @@
 """Mount a partition's files read-only at MOUNTPOINT/N from MOUNTPOINT/partN.img, and undo it.
 
-    ext2/3/4, XFS, btrfs : losetup -r (a loop device on partN.img) -> mount -o ro,...
-    NTFS, exFAT, FAT     : a FUSE driver on partN.img (ntfs-3g, exfat-fuse, fusefat)
+    ext2/3/4, XFS, btrfs, FAT : losetup -r (a loop device on partN.img) -> mount -o ro,...
+    NTFS, exFAT               : a FUSE driver on partN.img (ntfs-3g, exfat-fuse)
+(What this machine cannot mount, the FUSE filesystem may serve itself: tree_view.py.)
 
 Every loop device and mount is reported through ``record`` the moment it exists, so whoever
 tears down (the server on a signal, ``diskvault umount`` after a crash) knows all of it. Loop
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from diskvault.errors import DiskvaultError, UsageError
+from diskvault.errors import DiskvaultError
 
 # fstype -> (kernel driver, mount options) for loop mounts
 KERNEL = {
@@ -27,12 +28,12 @@ KERNEL = {
     "ext4": ("ext4", "ro,noload"),
     "xfs": ("xfs", "ro,norecovery,nouuid"),  # nouuid: the source may be mounted here too
     "btrfs": ("btrfs", "ro"),
+    "vfat": ("vfat", "ro"),
 }
 # fstype -> (Debian package, command) for FUSE drivers
 HELPERS = {
     "ntfs": ("ntfs-3g", ["ntfs-3g", "-o", "ro"]),
     "exfat": ("exfat-fuse", ["mount.exfat-fuse", "-o", "ro"]),
-    "vfat": ("fusefat", ["fusefat", "-o", "ro"]),
 }
 
 
@@ -51,7 +52,7 @@ class Attachment:
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(list(args), capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    return subprocess.run(list(args), check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL)
 
 
 def _last_line(text: str) -> str:
@@ -94,8 +95,8 @@ def attach(number: int, fstype: str, uuid: str, image: str, target: str,
     if r.returncode != 0:
         if fstype == "btrfs" and uuid and os.path.exists(f"/sys/fs/btrfs/{uuid}"):
             raise AttachError(number, fstype, f"a btrfs with the same filesystem id {uuid} is mounted on this "
-                              "machine (the source itself?) and the kernel refuses a second device with that id; "
-                              "restore the partition to a file and mount that after unmounting the source")
+                              "machine (the source itself?) and this kernel refuses a second device with that id: "
+                              "unmount the source first, or read the files with diskvault ls/cat/extract")
         raise AttachError(number, fstype, _last_line(r.stderr))
     record(Attachment("mount", target, dev))
 
@@ -164,7 +165,8 @@ def unmount(path: str, lazy: bool) -> None:
 def detach(root: str, attached: list[dict], lazy: bool = False) -> None:
     """Unmount every mount below ``root`` and detach its loop devices (recorded ones, and any
     whose backing file lies below ``root``), deepest and newest first."""
-    for path in reversed(sorted(set(mounts_under(root)) | {a["name"] for a in attached if a["kind"] == "mount"})):
+    recorded = {a["name"] for a in attached if a["kind"] == "mount"}
+    for path in sorted(set(mounts_under(root)) | recorded, reverse=True):
         if path.startswith(root.rstrip("/") + "/"):
             unmount(path, lazy)
     current = loops_backed_by(root)
@@ -172,17 +174,3 @@ def detach(root: str, attached: list[dict], lazy: bool = False) -> None:
         if dev in current:  # still attached to our file (a recorded name may have been reused since)
             _run("losetup", "-d", dev)
             current.pop(dev)
-
-
-def check_partition(number: int, parts: dict[int, dict]) -> tuple[str, str]:
-    """(fstype, uuid) of partition ``number`` when its files can be mounted, else UsageError."""
-    if number not in parts:
-        raise UsageError(f"image has no partition {number} (it has {', '.join(map(str, sorted(parts))) or 'none'})")
-    p = parts[number]
-    if p.get("method") == "skipped":
-        raise UsageError(f"partition {number} was not imaged")
-    fs = p.get("fs") or {}
-    reason = why_not_mountable(fs.get("fstype"))
-    if reason:
-        raise UsageError(f"cannot mount the files of partition {number}: {reason}")
-    return fs["fstype"], fs.get("uuid") or ""

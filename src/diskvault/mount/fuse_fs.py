@@ -2,7 +2,8 @@
 
     /disk.img      the whole disk at the image's point in time (absent cells read as zeros)
     /partN.img     each partition's bytes
-    /N/            an empty folder per partition whose files get mounted there (attach.py)
+    /N/            an empty folder per partition whose files get mounted there (attach.py), or
+                   the files of a filesystem this machine cannot mount, served from a browse tree
 
 Content never changes, so the kernel may cache pages and attributes for as long as it likes."""
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 from diskvault.errors import DiskvaultError
 from diskvault.mount.prefetch import PrefetchReader
+from diskvault.mount.tree_view import TreeView
 
 CACHE_SECONDS = 86400
 
@@ -53,10 +55,17 @@ def layout(disk_size: int, partitions: list[dict]) -> dict[str, Slice]:
     return files
 
 
-def operations(reader: PrefetchReader, files: dict[str, Slice], folders: list[str], mtime_ns: int,
-               on_ready=None):
-    """The mfusepy Operations object serving ``files`` and empty ``folders`` (nested mount points)."""
+def operations(reader: PrefetchReader, files: dict[str, Slice], folders: list[str], trees: dict[str, TreeView],
+               mtime_ns: int, on_ready=None):
+    """The mfusepy Operations object serving ``files``, empty ``folders`` (nested mount points) and
+    ``trees`` (folder name -> a filesystem served in-process)."""
     fuse = load_mfusepy()
+    names = [*files, *folders, *trees]
+
+    def in_tree(path: str) -> tuple[TreeView, str] | None:
+        top, _, rest = path.lstrip("/").partition("/")
+        view = trees.get(top)
+        return (view, "/" + rest) if view else None
 
     class DiskFS(fuse.Operations):
         use_ns = True
@@ -72,28 +81,41 @@ def operations(reader: PrefetchReader, files: dict[str, Slice], folders: list[st
         def getattr(self, path: str, fh=None) -> dict:
             name = path.lstrip("/")
             if not name:
-                return self._attrs(stat.S_IFDIR | 0o555, 0, 2 + len(folders))
+                return self._attrs(stat.S_IFDIR | 0o555, 0, 2 + len(folders) + len(trees))
             if name in files:
                 return self._attrs(stat.S_IFREG | 0o444, files[name].size, 1)
             if name in folders:
                 return self._attrs(stat.S_IFDIR | 0o555, 0, 2)
+            if tree := in_tree(path):
+                return tree[0].getattr(tree[1])
             raise fuse.FuseOSError(errno.ENOENT)
 
         def readdir(self, path: str, fh: int) -> list[str]:
             if path == "/":
-                return [".", "..", *files, *folders]
+                return [".", "..", *names]
             if path.lstrip("/") in folders:
                 return [".", ".."]
+            if tree := in_tree(path):
+                return tree[0].readdir(tree[1])
             raise fuse.FuseOSError(errno.ENOENT)
 
+        def readlink(self, path: str) -> str:
+            if tree := in_tree(path):
+                return tree[0].readlink(tree[1])
+            raise fuse.FuseOSError(errno.EINVAL)
+
         def open(self, path: str, flags: int) -> int:
-            if path.lstrip("/") not in files:
-                raise fuse.FuseOSError(errno.ENOENT)
             if flags & os.O_ACCMODE != os.O_RDONLY:
                 raise fuse.FuseOSError(errno.EROFS)
+            if tree := in_tree(path):
+                return tree[0].open(tree[1])
+            if path.lstrip("/") not in files:
+                raise fuse.FuseOSError(errno.ENOENT)
             return 0
 
         def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+            if tree := in_tree(path):
+                return tree[0].read(fh, size, offset)
             f = files.get(path.lstrip("/"))
             if f is None:
                 raise fuse.FuseOSError(errno.ENOENT)
@@ -104,10 +126,15 @@ def operations(reader: PrefetchReader, files: dict[str, Slice], folders: list[st
             except DiskvaultError:  # damaged chunk: the reader of the file gets EIO, the mount lives on
                 raise fuse.FuseOSError(errno.EIO) from None
 
+        def release(self, path: str, fh: int) -> int:
+            if tree := in_tree(path):
+                tree[0].release(fh)
+            return 0
+
         def statfs(self, path: str) -> dict:
             total = sum(f.size for f in files.values())
             return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": total // 4096, "f_bfree": 0, "f_bavail": 0,
-                    "f_files": len(files) + len(folders) + 1, "f_ffree": 0, "f_namemax": 255}
+                    "f_files": len(names) + 1, "f_ffree": 0, "f_namemax": 255}
 
     return DiskFS()
 

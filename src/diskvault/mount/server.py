@@ -23,6 +23,7 @@ from diskvault.mount import state as mount_state
 from diskvault.mount.attach import Attachment, attach, detach, unmount
 from diskvault.mount.fuse_fs import Slice, load_mfusepy, operations, serve
 from diskvault.mount.prefetch import PrefetchReader
+from diskvault.mount.tree_view import TreeView
 
 Notify = Callable[[dict], None]
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -37,7 +38,7 @@ def _error(e: BaseException) -> dict:
 
 
 def run_server(chain: Chain, state: dict, plan: list[tuple[int, str, str]], files: dict[str, Slice],
-               notify: Notify) -> None:
+               trees: dict[str, TreeView], notify: Notify) -> None:
     """Serve ``state["mountpoint"]`` until it is unmounted or a signal arrives. ``notify`` gets
     {"ok": True, "state": ...} once every partition in ``plan`` is mounted, or the error (after
     everything attached so far is undone)."""
@@ -81,9 +82,10 @@ def run_server(chain: Chain, state: dict, plan: list[tuple[int, str, str]], file
             if stop_requested.is_set():
                 raise MountError("interrupted")
             send({"ok": True, "state": state})
-        except BaseException as e:
+        except Exception as e:  # noqa: BLE001 - any failure is reported to the parent after undoing
+            outcome["error"] = _error(e)  # before teardown: once unmounted, run_server reports it
             teardown()
-            send(_error(e))
+            send(outcome["error"])
 
     def watch(fd: int) -> None:
         while os.read(fd, 1):
@@ -98,10 +100,10 @@ def run_server(chain: Chain, state: dict, plan: list[tuple[int, str, str]], file
     threading.Thread(target=watch, args=(wake_r,), daemon=True, name="diskvault-signals").start()
     mount_state.save(state)
     try:
-        ops = operations(reader, files, [str(n) for n, _, _ in plan], state["created_ns"],
+        ops = operations(reader, files, [str(n) for n, _, _ in plan], trees, state["created_ns"],
                          on_ready=lambda: threading.Thread(target=setup, name="diskvault-attach").start())
         serve(ops, mp, fsname=f"diskvault:{os.path.basename(state['image'])}")
-    except BaseException as e:
+    except Exception as e:  # noqa: BLE001 - reported to the parent
         outcome.setdefault("error", _error(e))
     finally:
         signal.set_wakeup_fd(previous_fd)
@@ -140,7 +142,7 @@ def daemonize(run: Callable[[Notify], None], log: str) -> dict:
             os.dup2(out, 1)
             os.dup2(out, 2)
             run(notify)
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - whatever ends the server, the parent must hear why
             notify(_error(e))
         finally:
             os._exit(0)

@@ -15,14 +15,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from diskvault.browse.open import browsable_partitions, open_tree, pick_partition
 from diskvault.crypto.keys import PasswordSource
-from diskvault.errors import UsageError
+from diskvault.errors import DiskvaultError, UsageError
 from diskvault.format.chain import Chain
 from diskvault.format.reader import KeyRing
 from diskvault.mount import state as mount_state
-from diskvault.mount.attach import check_partition, detach, mount_table, unmount, why_not_mountable
+from diskvault.mount.attach import detach, mount_table, unmount, why_not_mountable
 from diskvault.mount.fuse_fs import FuseUnavailableError, layout, load_mfusepy
 from diskvault.mount.server import MountError, daemonize, run_server
+from diskvault.mount.tree_view import TreeView
 
 FUSE_TYPE = "fuse.diskvault"
 
@@ -61,23 +63,40 @@ def check_mountpoint(path: str) -> None:
         raise UsageError(f"mount point {path} is not empty")
 
 
-def _plan(chain: Chain, opts: MountOptions) -> tuple[list[dict], list[tuple[int, str, str]], list[str]]:
-    """(partitions served as partN.img, (number, fstype, uuid) to mount at N/, notes)."""
-    every = {p["number"]: p for p in chain.metadata["partitions"]}
-    parts = {n: p for n, p in every.items() if p.get("method") != "skipped"}
-    notes, plan = [], []
-    if opts.all_partitions:
-        for number, p in sorted(parts.items()):
-            reason = why_not_mountable((p.get("fs") or {}).get("fstype"))
-            if reason:
-                notes.append(f"partition {number}: not mounted: {reason}")
-            else:
-                plan.append((number, p["fs"]["fstype"], p["fs"].get("uuid") or ""))
-    else:
-        plan = [(number, *check_partition(number, every)) for number in opts.partitions or []]
+def _how(chain: Chain, part: dict) -> tuple[int, str, str] | TreeView:
+    """How partition ``part``'s files get to MOUNTPOINT/N: attached by this machine's driver
+    (number, fstype, uuid), else served from a browse tree; UsageError with the reason if neither."""
+    number, fs = part["number"], part.get("fs") or {}
+    reason = why_not_mountable(fs.get("fstype"))
+    if reason is None:
+        return number, fs["fstype"], fs.get("uuid") or ""
+    try:
+        return TreeView(open_tree(chain, number), chain.head.header.created_ns)
+    except DiskvaultError:
+        raise UsageError(f"cannot mount the files of partition {number}: {reason}") from None
+
+
+def _plan(chain: Chain, opts: MountOptions) -> tuple[list[dict], list[tuple[int, str, str]], dict[str, TreeView],
+                                                      list[str]]:
+    """(partitions served as partN.img, partitions to attach at N/, trees served at N/, notes)."""
+    parts = {p["number"]: p for p in browsable_partitions(chain)}
+    wanted = sorted(parts) if opts.all_partitions else opts.partitions or []
+    plan, trees, notes = [], {}, []
+    for number in wanted:
+        try:
+            how = _how(chain, pick_partition(chain, number))
+        except UsageError as e:
+            if not opts.all_partitions:
+                raise
+            notes.append(f"partition {number}: not mounted: {str(e).split(': ', 1)[-1]}")
+            continue
+        if isinstance(how, TreeView):
+            trees[str(number)] = how
+        else:
+            plan.append(how)
     if plan and os.geteuid() != 0:
         raise UsageError("mounting the files of partitions needs root (loop devices, mount)")
-    return list(parts.values()), plan, notes
+    return list(parts.values()), plan, trees, notes
 
 
 def mount_image(opts: MountOptions, on_ready: Callable[[dict], None] | None = None) -> dict:
@@ -89,15 +108,17 @@ def mount_image(opts: MountOptions, on_ready: Callable[[dict], None] | None = No
     check_mountpoint(mountpoint)
     check_fuse()
     with Chain(image, KeyRing(opts.password)) as chain:
-        parts, plan, notes = _plan(chain, opts)
+        parts, plan, trees, notes = _plan(chain, opts)
         files = layout(chain.disk_size, parts)
         state = {"mountpoint": mountpoint, "image": image, "pid": os.getpid(), "files": sorted(files),
-                 "created_ns": chain.head.header.created_ns, "mounted": {}, "attached": [], "notes": notes}
+                 "created_ns": chain.head.header.created_ns, "attached": [], "notes": notes,
+                 "mounted": {str(p["number"]): p["fs"]["fstype"] for p in parts if str(p["number"]) in trees},
+                 "served": sorted(trees)}  # the files of these are served by the FUSE filesystem itself
         os.makedirs(mount_state.STATE_DIR, mode=0o700, exist_ok=True)
 
         def run(notify: Callable[[dict], None]) -> None:
             state["pid"] = os.getpid()
-            run_server(chain, state, plan, files, notify)
+            run_server(chain, state, plan, files, trees, notify)
 
         if not opts.foreground:
             reply = daemonize(run, mount_state.log_path(mountpoint))

@@ -199,6 +199,11 @@ def _email(el: etree._Element) -> Email:
                  on=el.get("on", "failure warning").split())
 
 
+def _steps(scripts: etree._Element | None, tag: str) -> list[Step]:
+    found = scripts.findall(tag) if scripts is not None else []
+    return [Step(s.text or "", _int(s, "timeout") or 3600) for s in found]
+
+
 def from_xml(root: etree._Element, path: str = "") -> Definition:
     where = path or "(definition)"
     schema = _schema()
@@ -216,8 +221,7 @@ def from_xml(root: etree._Element, path: str = "") -> Definition:
         split=split.get("size") if split is not None else "",
         verify=verify is None or verify.strip() in ("true", "1"),
         plan=_plan(root.find("plan")),
-        pre=[Step(s.text or "", _int(s, "timeout") or 3600) for s in (scripts.findall("pre") if scripts is not None else [])],
-        post=[Step(s.text or "", _int(s, "timeout") or 3600) for s in (scripts.findall("post") if scripts is not None else [])],
+        pre=_steps(scripts, "pre"), post=_steps(scripts, "post"),
         emails=[_email(e) for e in root.findall("notify/email")],
         path=os.path.abspath(path) if path else "")
     check(defn)
@@ -242,9 +246,11 @@ def check(defn: Definition) -> None:
         raise DefinitionError(where, why)
 
     src = defn.source
-    needs = {"disk": src.disk is not None, "image": bool(src.file), "files": bool(src.paths)}
-    if not needs[src.kind]:
-        bad(f"a {src.kind} source needs {'<disk>' if src.kind == 'disk' else '<file>' if src.kind == 'image' else '<path>'}")
+    needs = {"disk": (src.disk is not None, "<disk>"), "image": (bool(src.file), "<file>"),
+             "files": (bool(src.paths), "<path>")}
+    present, element = needs[src.kind]
+    if not present:
+        bad(f"a {src.kind} source needs {element}")
     if src.kind == "disk" and not (src.disk.wwn or src.disk.serial or src.disk.guid):
         bad("<disk> needs a stable identifier: wwn, serial or guid")
     if src.kind != "files" and (src.include or src.exclude):
@@ -271,6 +277,8 @@ def check(defn: Definition) -> None:
     for rule in plan.retention.rules:
         if rule.count is None and rule.max_age_days is None:
             bad(f"<keep type=\"{rule.type}\"> needs count, days or weeks")
+    if plan.merge_keep_incs is not None and src.kind == "files":
+        bad("<merge> (synthetic full) is for disk images, not file backups")
     if plan.merge_keep_incs is not None and "diff" in types:
         bad("<merge> (synthetic full) works on a chain of Incrementals: the plan cannot also make Differentials")
     for email in defn.emails:

@@ -1,5 +1,5 @@
 """The history catalog: every run in SQLite — definition, type, start/end, bytes, result, error,
-files produced — and its rebuild from the images in a folder when the catalog is lost.
+files produced — and its rebuild from the images and archives in a folder when the catalog is lost.
 
 The catalog is $DISKVAULT_CATALOG, else /var/lib/diskvault/history.sqlite. Rebuilt rows have
 ``rebuilt = 1``: their end time, bytes read and (for sets we cannot decrypt) definition are unknown.
@@ -13,10 +13,8 @@ import sqlite3
 from dataclasses import asdict, dataclass, field
 
 from diskvault.errors import DiskvaultError
-from diskvault.format.layout import TYPE_NAMES
-from diskvault.format.reader import ImageFile, KeyRing, part_paths
-from diskvault.imaging.sets import scan
-from diskvault.plans.inventory import complete
+from diskvault.format.reader import KeyRing
+from diskvault.plans.inventory import FORMATS, complete, read_metadata
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -131,35 +129,30 @@ class History:
         return {os.path.abspath(f) for r in self.runs() for f in r.files}
 
     def rebuild(self, folder: str, keyring: KeyRing | None = None) -> list[RunRecord]:
-        """One row per image in ``folder`` that no row names yet; returns the rows added."""
+        """One row per image or archive in ``folder`` that no row names yet; returns the rows added."""
         keyring = keyring or KeyRing()
         known = self.known_files()
         added = []
-        for set_id, members in scan(folder).items():
-            for m in members:
-                try:
-                    files = [os.path.abspath(p) for p in part_paths(m.path)]
-                except DiskvaultError:
-                    files = [os.path.abspath(m.path)]
-                if files[0] in known:
-                    continue
-                meta = {}
-                try:
-                    with ImageFile(m.path, keyring) as img:
-                        meta = img.metadata
-                except DiskvaultError:
-                    pass
-                owner = meta.get("definition") or {}
-                ok = complete(m.path)
-                run = RunRecord(
-                    definition=owner.get("name", ""), definition_id=owner.get("id", ""),
-                    type=TYPE_NAMES.get(m.header.image_type, "?"), started_ns=m.header.created_ns,
-                    result="success" if ok else "failure", error="" if ok else "image is incomplete",
-                    bytes_read=(meta.get("stats") or {}).get("bytes_read"),
-                    bytes_written=sum(os.path.getsize(p) for p in files if os.path.exists(p)),
-                    files=files, set_id=set_id, source=(meta.get("source") or {}).get("path", ""),
-                    destination=os.path.abspath(folder), rebuilt=True,
-                    notes=[] if meta else ["metadata unreadable (encrypted: give the password)"])
-                self.record(run)
-                added.append(run)
+        for fmt in FORMATS:
+            for set_id, items in fmt.scan(folder).items():
+                for item in items:
+                    try:
+                        files = [os.path.abspath(p) for p in fmt.part_paths(item.path)]
+                    except DiskvaultError:
+                        files = [os.path.abspath(item.path)]
+                    if files[0] in known:
+                        continue
+                    meta = read_metadata(item.path, fmt, keyring)
+                    owner = meta.get("definition") or {}
+                    ok = complete(item.path, fmt)
+                    source = (meta.get("source") or {}).get("path", "") or ", ".join(meta.get("roots") or [])
+                    run = RunRecord(
+                        definition=owner.get("name", ""), definition_id=owner.get("id", ""), type=item.type,
+                        started_ns=item.created_ns, result="success" if ok else "failure",
+                        error="" if ok else "incomplete", bytes_read=(meta.get("stats") or {}).get("bytes_read"),
+                        bytes_written=sum(os.path.getsize(p) for p in files if os.path.exists(p)),
+                        files=files, set_id=set_id, source=source, destination=os.path.abspath(folder),
+                        rebuilt=True, notes=[] if meta else ["metadata unreadable (encrypted: give the password)"])
+                    self.record(run)
+                    added.append(run)
         return added

@@ -8,6 +8,8 @@ the recorded size.
 
 from __future__ import annotations
 
+import os
+
 from diskvault.disk import devices
 from diskvault.disk.source import Source as DiskSource
 from diskvault.disk.table import read_partition_table
@@ -75,7 +77,7 @@ def find_disk(ref: DiskRef) -> str:
 
 
 def resolve(src: Source) -> str:
-    """What create_image reads: the disk's device path, or the image file."""
+    """What the backup reads: the disk's device path, the image file, or the folders."""
     if src.kind == "disk":
         return find_disk(src.disk)
     if src.kind == "image":
@@ -84,4 +86,7 @@ def resolve(src: Source) -> str:
                 return src.file
         except OSError as e:
             raise SourceMissingError(f"{src.file} ({e.strerror or e})") from None
-    raise UsageError(f"a {src.kind} source is not imaged")
+    missing = [p for p in src.paths if not os.path.exists(p)]
+    if missing:
+        raise SourceMissingError(f"{', '.join(missing)} (no such file or folder)")
+    return ", ".join(src.paths)

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from diskvault.format.reader import KeyRing
 from diskvault.format.writer import fsync_dir
 from diskvault.plans.definition import Definition, KeepRule, Retention
-from diskvault.plans.inventory import SetInfo, busy_sets, inventory
+from diskvault.plans.inventory import SetInfo, busy_sets, inventory, owned_by, roots_of
 from diskvault.units import human_size
 
 GiB = 1 << 30
@@ -61,14 +62,10 @@ class RetentionReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @property
-    def deleted_sets(self) -> list[str]:
-        return [v.set_id for v in self.verdicts if not v.keep]
-
 
 def _rule_reasons(group: list[SetInfo], rule: KeepRule, now_ns: int) -> dict[str, str]:
     """set id -> why ``rule`` keeps it."""
-    images = sorted(((m.header.created_ns, s.set_id) for s in group for m in s.images(rule.type)), reverse=True)
+    images = sorted(((m.created_ns, s.set_id) for s in group for m in s.images(rule.type)), reverse=True)
     out: dict[str, str] = {}
     if rule.count:
         for rank, (_, set_id) in enumerate(images[:rule.count], 1):
@@ -82,19 +79,22 @@ def _rule_reasons(group: list[SetInfo], rule: KeepRule, now_ns: int) -> dict[str
     return out
 
 
-def _groups(sets: list[SetInfo], policy: Retention, own_id: str) -> dict[str, list[SetInfo]]:
+def _groups(sets: list[SetInfo], policy: Retention, mine: Callable[[SetInfo], bool]) -> dict[str, list[SetInfo]]:
     """Sets in scope, by the definition that made them (per-definition counting and protection)."""
     groups: dict[str, list[SetInfo]] = {}
     for s in sets:
-        if policy.scope == "folder" or s.owner == own_id:
-            groups.setdefault(s.owner or "?", []).append(s)
+        if mine(s):
+            groups.setdefault("", []).append(s)
+        elif policy.scope == "folder":
+            groups.setdefault(s.owner or f"{s.kind} {s.roots or '?'}", []).append(s)
     return groups
 
 
-def decide(sets: list[SetInfo], policy: Retention, own_id: str, now_ns: int, rules: bool = True,
-           free_bytes: int | None = None) -> tuple[list[Verdict], list[str]]:
-    """A verdict for every set (oldest first) and the warnings; deletes nothing."""
-    groups = _groups(sets, policy, own_id)
+def decide(sets: list[SetInfo], policy: Retention, mine: Callable[[SetInfo], bool], now_ns: int,
+           rules: bool = True, free_bytes: int | None = None) -> tuple[list[Verdict], list[str]]:
+    """A verdict for every set (oldest first) and the warnings; deletes nothing. ``mine`` tells the
+    definition's own sets."""
+    groups = _groups(sets, policy, mine)
     reasons: dict[str, list[str]] = {}
     keep: dict[str, bool] = {}
     protected: set[str] = set()
@@ -139,10 +139,14 @@ def decide(sets: list[SetInfo], policy: Retention, own_id: str, now_ns: int, rul
         verdicts.append(Verdict(
             set_id=s.set_id, keep=keep.get(s.set_id, True),
             reasons=reasons.get(s.set_id) or ["not made by this definition (scope: definition)"],
-            owner=s.owner_name or s.owner or "unknown",
+            owner=s.owner_name or s.owner or (f"files {', '.join(s.roots)}" if s.roots else "unknown"),
             created=iso(s.created_ns), newest=iso(s.newest_ns), images=len(s.members), bytes=s.bytes,
             files=s.files))
     return verdicts, warnings
+
+
+def ownership(defn: Definition) -> Callable[[SetInfo], bool]:
+    return owned_by(defn.id, roots_of(defn.source.paths) if defn.source.kind == "files" else None)
 
 
 def delete_set(folder: str, files: list[str]) -> list[str]:
@@ -169,7 +173,7 @@ def apply_retention(defn: Definition, now_ns: int, keyring: KeyRing | None = Non
     folder = defn.destination
     policy = defn.plan.retention
     sets = inventory(folder, keyring or KeyRing(defn.password()))
-    verdicts, warnings = decide(sets, policy, defn.id, now_ns, rules,
+    verdicts, warnings = decide(sets, policy, ownership(defn), now_ns, rules,
                                 free_space(folder) if policy.min_free_gib else None)
     report = RetentionReport(folder=folder, dry_run=dry_run, verdicts=verdicts, warnings=warnings)
     if dry_run:

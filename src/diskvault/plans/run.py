@@ -27,11 +27,11 @@ from diskvault.imaging.sets import scan
 from diskvault.imaging.verify import verify_image
 from diskvault.plans.definition import Definition, Step
 from diskvault.plans.history import History, RunRecord
-from diskvault.plans.inventory import inventory
+from diskvault.plans.inventory import files_available, inventory
 from diskvault.plans.lock import DefinitionLock
 from diskvault.plans.notify import notify
 from diskvault.plans.resolve import resolve
-from diskvault.plans.retention import Verdict, apply_retention, decide, free_space
+from diskvault.plans.retention import Verdict, apply_retention, decide, free_space, ownership
 from diskvault.plans.templates import choose_type
 from diskvault.ui.progress import NullProgress, Progress
 
@@ -43,7 +43,7 @@ class StepFailedError(DiskvaultError):
 
 
 class FilesUnavailableError(DiskvaultError):
-    """file backups (source kind "files") are not available in this version of diskvault yet"""
+    """file backups (source kind "files") are not available in this build of diskvault"""
 
 
 def ns(moment: datetime) -> int:
@@ -132,14 +132,21 @@ class _Run:
 
     def backup(self) -> None:
         defn, r = self.defn, self.record
-        if defn.source.kind == "files":
-            raise FilesUnavailableError()
         r.source = resolve(defn.source)
         if not os.path.isdir(defn.destination):
             raise UsageError(f"destination folder {defn.destination} does not exist")
-        own = [s for s in inventory(defn.destination, self.keyring) if s.owner == defn.id]
+        mine = ownership(defn)
+        own = [s for s in inventory(defn.destination, self.keyring) if mine(s)]
         r.type, r.type_reason = choose_type(defn.plan, own, self.now, self.opts.image_type)
         self.retention("before")
+        if defn.source.kind == "files":
+            self.archive()
+        else:
+            self.image()
+        self.retention("after")
+
+    def image(self) -> None:
+        defn, r = self.defn, self.record
         result = create_image(ImageOptions(
             source=r.source, to=defn.destination, partitions=defn.source.partitions, compression=defn.compression,
             image_type=r.type, password=defn.password(), split_size=defn.split_size, created_ns=r.started_ns,
@@ -155,7 +162,27 @@ class _Run:
         if keep is not None and _incs_after_full(defn.destination, result.image_id) > keep:
             merged = merge(result.image, keep=keep, password=defn.password())
             r.deleted += [os.path.join(defn.destination, name) for name in merged.deleted]
-        self.retention("after")
+
+    def archive(self) -> None:
+        """A files source: diskvault.files makes the archive (its own set rules, same types)."""
+        if not files_available():
+            raise FilesUnavailableError()
+        from diskvault.files.backup import BackupOptions, backup_files
+        from diskvault.files.verify import verify_archive
+        from diskvault.files.walker import Filters
+
+        defn, r, src = self.defn, self.record, self.defn.source
+        result = backup_files(BackupOptions(
+            paths=src.paths, to=defn.destination, filters=Filters(include=src.include, exclude=src.exclude),
+            archive_type=r.type, compression=defn.compression, password=defn.password(),
+            split_size=defn.split_size), self.progress)
+        r.files, r.set_id = result.parts, result.set_id
+        r.bytes_read, r.bytes_written = result.bytes_read, result.bytes_written
+        r.notes += result.notes + [f"not backed up: {e}" for e in result.errors]
+        if defn.verify:
+            check = verify_archive(result.archive, password=defn.password())
+            if not check.ok:
+                raise IntegrityError(f"{result.archive} does not verify: {'; '.join(check.errors[:3])}")
 
     def run(self) -> RunRecord:
         r = self.record
@@ -165,7 +192,7 @@ class _Run:
                     run_step(step, self.env(), "pre")
             self.backup()
             r.result = "warning" if r.notes else "success"
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - whatever went wrong becomes the run's history row
             r.result, r.error = "failure", describe_error(e)
         finally:
             r.ended_ns = ns(self.clock())
@@ -187,18 +214,17 @@ def dry_run(defn: Definition, opts: RunOptions, clock: Clock) -> RunOutcome:
     record = RunRecord(definition=defn.name, definition_id=defn.id, type="", started_ns=ns(now),
                        result="success", destination=defn.destination, definition_path=defn.path)
     try:
-        if defn.source.kind == "files":
-            raise FilesUnavailableError()
         record.source = resolve(defn.source)
         keyring = KeyRing(defn.password())
         sets = inventory(defn.destination, keyring)
-        own = [s for s in sets if s.owner == defn.id]
+        mine = ownership(defn)
+        own = [s for s in sets if mine(s)]
         record.type, record.type_reason = choose_type(defn.plan, own, now, opts.image_type)
         policy = defn.plan.retention
-        verdicts, warnings = decide(sets, policy, defn.id, ns(now), True,
+        verdicts, warnings = decide(sets, policy, mine, ns(now), True,
                                     free_space(defn.destination) if policy.min_free_gib else None)
         record.notes += warnings
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - a dry run reports what would fail
         record.result, record.error = "failure", describe_error(e)
         verdicts = []
     return RunOutcome(record, retention=verdicts)

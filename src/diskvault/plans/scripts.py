@@ -36,8 +36,8 @@ def bash_script(defn: Definition) -> str:
     lines += [f"export DISKVAULT_DEFINITION={q(defn.name)} DISKVAULT_DEFINITION_FILE=\"$DEFINITION\"",
               "",
               "notify() {  # RESULT MESSAGE: mails when the definition wants this result",
-              "    \"${DISKVAULT[@]}\" notify \"$DEFINITION\" --result \"$1\" --message \"$2\" "
-              "|| echo \"diskvault: could not send the $1 mail\" >&2",
+              ("    \"${DISKVAULT[@]}\" notify \"$DEFINITION\" --result \"$1\" --message \"$2\" "
+               "|| echo \"diskvault: could not send the $1 mail\" >&2"),
               "}",
               "",
               "result=success error= warning=",
@@ -94,8 +94,8 @@ def python_script(defn: Definition) -> str:
               "        return 124", "", "",
               "def notify(result, message):",
               "    \"\"\"Mails when the definition wants this result.\"\"\"",
-              "    if subprocess.run(DISKVAULT + ['notify', DEFINITION, '--result', result, '--message', message])"
-              ".returncode:",
+              ("    if subprocess.run(DISKVAULT + ['notify', DEFINITION, '--result', result, '--message', message])"
+               ".returncode:"),
               "        print(f'diskvault: could not send the {result} mail', file=sys.stderr)", "", "",
               "def main():",
               "    error = warning = ''",
@@ -105,8 +105,8 @@ def python_script(defn: Definition) -> str:
               "            error = f'pre step {command} exited {rc}'",
               "            break",
               "    if not error:",
-              "        rc = subprocess.run(DISKVAULT + ['run', DEFINITION, '--no-scripts', '--no-notify', "
-              "*sys.argv[1:]]).returncode",
+              ("        rc = subprocess.run(DISKVAULT + ['run', DEFINITION, '--no-scripts', '--no-notify', "
+               "*sys.argv[1:]]).returncode"),
               "        if rc:",
               "            error = f'diskvault run exited {rc}'",
               "    result = 'failure' if error else 'success'",

@@ -60,7 +60,7 @@ def service_text(defn: Definition) -> str:
              f"Description=diskvault backup {defn.name}",
              "After=local-fs.target network-online.target",
              "Wants=network-online.target",
-             f"ConditionPathExists={_quote(defn.path)}",
+             f"ConditionPathExists={defn.path.replace('%', '%%')}",
              "",
              "[Service]",
              "Type=oneshot",

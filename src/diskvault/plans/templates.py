@@ -66,11 +66,12 @@ def template(name: str, at: str = "02:00") -> Plan:
 
 
 def _newest(sets: list[SetInfo], types: tuple[str, ...]) -> int | None:
-    times = [m.header.created_ns for s in sets for t in types for m in s.images(t)]
+    times = [m.created_ns for s in sets for t in types for m in s.images(t)]
     return max(times) if times else None
 
 
-def choose_type(plan: Plan, own_sets: list[SetInfo], now: datetime, requested: str | None = None) -> tuple[str, str]:
+def choose_type(plan: Plan, own_sets: list[SetInfo], now: datetime,
+                requested: str | None = None) -> tuple[str, str]:
     """(full | diff | inc, why) for a run at ``now``; ``own_sets`` are this definition's sets."""
     usable = [s for s in own_sets if s.restorable]
     newest_set = max(usable, key=lambda s: s.newest_ns) if usable else None
@@ -87,7 +88,8 @@ def choose_type(plan: Plan, own_sets: list[SetInfo], now: datetime, requested: s
                 continue
             newest = _newest(own_sets, COVERS[t])
             if newest is None or newest < fired.timestamp() * 1e9:
-                kind, why = t, f"the {t} schedule ({cron}) fired at {fired:%Y-%m-%d %H:%M} and no {t} was made since"
+                kind = t
+                why = f"the {t} schedule ({cron}) fired at {fired:%Y-%m-%d %H:%M} and no {t} was made since"
                 break
         if not kind:
             scheduled = [s.type for s in plan.schedules]

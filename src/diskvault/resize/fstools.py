@@ -134,3 +134,18 @@ def _size(path: str) -> int:
         return os.lseek(fd, 0, os.SEEK_END)
     finally:
         os.close(fd)
+
+
+def boot_sectors(fstype: str | None, sector0: bytes, size: int) -> list[int]:
+    """Offsets in a filesystem of ``size`` bytes of the boot sector copies that record the partition's
+    start LBA (BPB hidden sectors, which Windows boot code uses): NTFS keeps its backup in the
+    partition's last sector, FAT32 at BPB_BkBootSec."""
+    if len(sector0) < 512 or sector0[510:512] != b"\x55\xaa":
+        return []
+    if fstype == "ntfs" and sector0[3:11] == b"NTFS    ":
+        return [0, size - 512]
+    if fstype == "vfat":
+        fat32 = int.from_bytes(sector0[0x16:0x18], "little") == 0
+        backup = int.from_bytes(sector0[0x32:0x34], "little") if fat32 else 0
+        return [0, backup * int.from_bytes(sector0[0x0B:0x0D], "little")] if backup else [0]
+    return []

@@ -241,8 +241,9 @@ def format_plan(plan: dict) -> str:
                      human_size(p["new_start"]), human_size(p["new_size"]),
                      human_size(p["min_size"]) if p["min_size"] else "", p["action"]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [f"layout {plan['mode']}: {plan['table']} table, {human_size(plan['source_size'])} -> "
-             f"{human_size(plan['target_size'])}"]
+    title = (f"layout {plan['mode']}: {plan['table']} table, {human_size(plan['source_size'])} -> "
+             f"{human_size(plan['target_size'])}")
+    lines = [title]
     lines += ["  ".join(c.rjust(w) if i in (2, 3, 4, 5, 6) else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
               .rstrip() for r in rows]
     lines += [f"note: {n}" for n in plan["notes"]]

@@ -244,6 +244,9 @@ def _write(run: Run, plan: LayoutPlan, dev: Target, result: TransferResult, prog
     for p in staged:
         used = ext.merge(np.concatenate([used, ext.shift(_copy_stage(run, p, dev, result), p.new_start)]))
     result.bytes_restored = ext.total(used)
+    for p in plan.placements:
+        if p.new_start != p.old_start:
+            _move_hidden_sectors(dev, p)
     if trim:  # the image's free space (exact: inside the restored ranges; else all but the used bytes)
         free = ext.complement(used, dev.size)
         for start, length in (ext.intersect(dst_ranges, free) if plan.mode == "exact" else free).tolist():
@@ -251,6 +254,17 @@ def _write(run: Run, plan: LayoutPlan, dev: Target, result: TransferResult, prog
                 result.bytes_discarded += length
     for offset, data in _table_writes(run, plan, dev.size):
         _write_exact(dev, offset, data)
+
+
+def _move_hidden_sectors(dev: Target, p: Placement) -> None:
+    """Point the boot sector copies of a moved NTFS or FAT volume at its new start, where they held
+    the old one (before a grow the volume still has its old size)."""
+    ss, first = 512, dev.read(p.new_start, 512)
+    for off in fstools.boot_sectors(p.fstype, first, p.old_size if p.action == "grow" else p.new_size):
+        sector = bytearray(dev.read(p.new_start + off, ss))
+        if sector[:11] == first[:11] and int.from_bytes(sector[0x1C:0x20], "little") == p.old_start // ss:
+            sector[0x1C:0x20] = (p.new_start // ss).to_bytes(4, "little")
+            dev.write(p.new_start + off, bytes(sector))
 
 
 def _write_exact(dev: Target, offset: int, data: bytes) -> None:

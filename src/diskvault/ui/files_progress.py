@@ -6,6 +6,7 @@ files (``CountsFiles``), the number of files done."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from diskvault.ui.progress import NullProgress, Progress
@@ -16,9 +17,9 @@ class CountsFiles(Protocol):
     def files(self, done: int, total: int) -> None: ...
 
 
-def report_files(progress: Progress, done: int, total: int) -> None:
-    if isinstance(progress, CountsFiles):
-        progress.files(done, total)
+def files_reporter(progress: Progress) -> Callable[[int, int], None]:
+    """``progress.files`` when it counts files, else a no-op (checked once, not per file)."""
+    return progress.files if isinstance(progress, CountsFiles) else (lambda done, total: None)
 
 
 class RichFilesProgress:
