@@ -2,9 +2,9 @@
 # Install the Debian packages diskvault, its tests and (with --bench) its benchmarks use.
 # Runs apt-get only when something is missing, so repeated runs are instant.
 set -euo pipefail
-packages=(e2fsprogs fdisk gdisk util-linux mount zstd python3-venv ntfs-3g dosfstools mtools exfatprogs exfat-fuse xfsprogs btrfs-progs fuse3 cryptsetup-bin acl systemd)
+packages=(e2fsprogs fdisk gdisk util-linux mount zstd python3-venv ntfs-3g dosfstools mtools exfatprogs exfat-fuse xfsprogs btrfs-progs fuse3 cryptsetup-bin acl systemd qemu-utils)
 if [[ "${1:-}" == "--bench" ]]; then
-    packages+=(partclone qemu-utils fsarchiver time)
+    packages+=(partclone fsarchiver time)
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -17,13 +17,14 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from diskvault import __version__
 from diskvault.crypto.aead import Sealer
 from diskvault.crypto.keys import KdfParams, PasswordSource, SetKey, derive
 from diskvault.errors import UsageError
-from diskvault.files.catalog import Entry, entry_type, scan, stat_key
+from diskvault.files.catalog import Entry, RecordRef, entry_type, scan, stat_key
 from diskvault.files.chunker import Chunker, chunker_seed
 from diskvault.files.layout import (E_CHANGED, FLAG_ENCRYPTED, T_DIR, T_FILE, T_HARDLINK, T_SYMLINK, TYPE_DIFF,
                                     TYPE_FULL, TYPE_INC, TYPE_NAMES, ArchiveHeader)
@@ -106,10 +107,10 @@ def _new_header(opts: BackupOptions, parent: ArchiveChain | None) -> tuple[Archi
 class _Run:
     """One backup's entries: which to copy from the parent, which to read, and their records."""
 
-    def __init__(self, found: list[Found], parent_catalog: bytes, store: ChunkStore, chunker: Chunker,
-                 progress: Progress) -> None:
+    def __init__(self, found: list[Found], parent_catalog: bytes, refs: dict[bytes, RecordRef], store: ChunkStore,
+                 chunker: Chunker, progress: Progress) -> None:
         self.found, self.store, self.chunker, self.progress = found, store, chunker, progress
-        self.catalog, self.refs = parent_catalog, scan(parent_catalog)
+        self.catalog, self.refs = parent_catalog, refs
         self.owners = Owners()
         self.records: list[bytes | None] = [None] * len(found)
         self.hardlink_of: dict[int, int] = {}
@@ -238,21 +239,24 @@ def backup_files(opts: BackupOptions, progress: Progress | None = None) -> Backu
                                   encrypt=opts.password is not None)
         if parent is None:
             notes.append(f"making a Full backup instead of {opts.archive_type}: {why}")
-    try:
-        header, key = _new_header(opts, parent)
-        known = parent.hashes() if parent else set()
-        parent_catalog = parent.head.catalog if parent else b""
+    dest = os.stat(opts.to)
+    try:  # the walk waits on the disk: meanwhile derive keys and read the parent's catalog
+        with ThreadPoolExecutor(1, thread_name_prefix="dv-walk") as background:
+            walking = background.submit(walk, roots, opts.filters, (dest.st_dev, dest.st_ino))
+            header, key = _new_header(opts, parent)
+            known = parent.hashes() if parent else set()
+            parent_catalog = parent.head.catalog if parent else b""
+            refs = scan(parent_catalog)
+            walked = walking.result()
     finally:
         if parent is not None:
             parent.close()
-    dest = os.stat(opts.to)
-    walked = walk(roots, opts.filters, skip_dir=(dest.st_dev, dest.st_ino))
     sealer = Sealer(key.chunk_key, header.set_id) if key else None
     writer = ArchiveWriter(opts.to, header, known, opts.split_size or auto_split_size(opts.to), sealer)
     try:
         store = ChunkStore(writer, opts.compression, key.hash_key if key else None, sealer)
         chunker = Chunker(chunker_seed(store.hash_key), header.chunk_min, header.chunk_avg, header.chunk_max)
-        run = _Run(walked.found, parent_catalog, store, chunker, progress)
+        run = _Run(walked.found, parent_catalog, refs, store, chunker, progress)
         run.plan()
         run.read_content()
         catalog, entries = run.catalog_bytes()

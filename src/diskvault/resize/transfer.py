@@ -1,9 +1,9 @@
 """One restore or clone run onto a target, shared by ``restore`` and ``clone``.
 
-    plan the layout -> stage shrinking partitions in sparse temporary files, measure their minimum
-    (refuse before writing) -> confirm -> clear -> copy (or Rapid Delta) -> shrink stages and copy
-    their used blocks -> TRIM free space -> write the new table -> grow in place -> check every
-    resized filesystem -> verify (clone)
+    plan the layout and the new table -> stage shrinking partitions in sparse temporary files,
+    measure their minimum (refuse below it) and shrink them there -> confirm -> clear -> copy (or
+    Rapid Delta) -> verify (clone) -> copy the shrunk stages' used blocks -> TRIM free space ->
+    write the new table -> grow in place -> check every resized filesystem
 Nothing touches the target before every check has passed and the user has confirmed.
 """
 
@@ -102,7 +102,8 @@ class Run:
             fstype = self.fstypes.get(p.number)
             if not fstools.can_shrink(fstype):
                 raise UsageError(f"partition {p.number} ({fstype or 'unknown content'}) cannot be shrunk")
-            self.minimums[p.number] = fstools.min_size(fstype, self.stage(p))
+            self.minimums[p.number] = fstools.SWAP_MIN if fstype == "swap" else \
+                fstools.min_size(fstype, self.stage(p))
         return self.minimums[p.number]
 
 
@@ -115,11 +116,12 @@ def transfer(source, target: str, target_size: int, exists: bool, opts: Transfer
     with contextlib.ExitStack() as stack:
         run = Run(source, target, opts, stack)
         plan = _plan(run, target_size)
+        table_writes = _table_writes(run, plan, target_size)
         result = TransferResult(target=target, plan=plan.to_dict(), dry_run=opts.dry_run)
         if opts.dry_run:
             return result
         for p in plan.placements:  # temporary files only: a tool that fails stops us before any write
-            if p.action == "shrink":
+            if _staged(p):
                 _shrink_stage(run, p)
         if confirm is not None and exists and not confirm(question + _summary(plan)):
             raise TargetError(target, "not confirmed")
@@ -127,6 +129,8 @@ def transfer(source, target: str, target_size: int, exists: bool, opts: Transfer
         try:
             try:
                 _write(run, plan, dev, result, progress)
+                for offset, data in table_writes:
+                    _write_exact(dev, offset, data)
                 dev.flush()
             finally:
                 dev.close()
@@ -143,6 +147,8 @@ def transfer(source, target: str, target_size: int, exists: bool, opts: Transfer
 def _plan(run: Run, target_size: int) -> LayoutPlan:
     opts, table = run.opts, run.source.table
     mode, starts, resizes = opts.layout, {}, dict(opts.resizes)
+    if resizes and mode in ("exact", "keep"):
+        raise UsageError("--resize needs --layout fit")
     if mode not in ("exact", "keep", "fit"):
         starts, sizes = read_layout_file(mode)
         resizes.update(sizes)
@@ -188,6 +194,11 @@ def _note_lost_data(run: Run, plan: LayoutPlan) -> None:
             return
 
 
+def _staged(p: Placement) -> bool:
+    """True for a filesystem shrunk in a stage file (swap is simply made anew)."""
+    return p.action == "shrink" and p.fstype != "swap"
+
+
 def _resized(p: Placement) -> bool:
     """True when the filesystem is resized with the partition (else copied as it is)."""
     return p.action in ("grow", "shrink") and fstools.can_grow(p.fstype, p.new_size)
@@ -210,7 +221,7 @@ def _segments(run: Run, plan: LayoutPlan) -> tuple[list[Segment], list[Placement
         segments += [(r.start, r.size, r.start) for r in plan.table.regions if r.what == "ebr"]
     staged = []
     for p in plan.placements:
-        if p.action == "shrink":
+        if _staged(p):
             staged.append(p)
         elif not (_resized(p) and p.fstype == "swap"):
             segments.append((p.old_start, min(p.old_size, p.new_size), p.new_start))
@@ -252,8 +263,6 @@ def _write(run: Run, plan: LayoutPlan, dev: Target, result: TransferResult, prog
         for start, length in (ext.intersect(dst_ranges, free) if plan.mode == "exact" else free).tolist():
             if dev.discard(start, length):
                 result.bytes_discarded += length
-    for offset, data in _table_writes(run, plan, dev.size):
-        _write_exact(dev, offset, data)
 
 
 def _move_hidden_sectors(dev: Target, p: Placement) -> None:
