@@ -222,6 +222,8 @@ def report(steps: list[Step], info: dict, work: Path, checks: dict, vers: dict) 
               "- restic and borg always encrypt here (restic cannot do otherwise); the `diskvault encrypted first` "
               "row is the like-for-like comparison (AES-256-GCM, Argon2id), the plain row the default.",
               "- Peak RSS comes from wait4 (the tool's process; restic and borg run as one process).",
+              "- diskvault rows include starting Python and importing the CLI from a cold cache (every command "
+              "module the CLI registers), a fixed cost that weighs most on the re-run.",
               "- On a VM the host may cache the tree, so cold reads can be faster than the virtual disk."]
     return "\n".join(lines) + "\n"
 

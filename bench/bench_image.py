@@ -248,6 +248,7 @@ def ensure_disk(workdir: Path, size: int, rebuild: bool) -> tuple[Path, dict]:
 class Step:
     name: str
     seconds: float
+    cpu_seconds: float  # user + system, all processes of the step
     peak_rss: int  # bytes
     output_bytes: int | None = None
     stdout: str = ""
@@ -287,18 +288,19 @@ def timed(name: str, stages: list[list[str]], logdir: Path, stdin: Path | None =
         if not stdout:
             with procs[-1].stdout as pipe:
                 out = pipe.read().decode()
-        peak, failed = 0, []
+        peak, cpu, failed = 0, 0.0, []
         for proc in procs:
             _, status, usage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
             peak += usage.ru_maxrss * 1024
+            cpu += usage.ru_utime + usage.ru_stime
             if proc.returncode:
                 failed.append(f"{proc.args[0]} exited {proc.returncode}")
         os.sync()
         seconds = time.monotonic() - started
     if failed:
         raise RuntimeError(f"{name} failed ({', '.join(failed)}); see {errlog.name}")
-    return Step(name, seconds, peak, stdout.stat().st_size if stdout else None, out)
+    return Step(name, seconds, cpu, peak, stdout.stat().st_size if stdout else None, out)
 
 
 def diskvault(*args: str) -> list[str]:
@@ -318,6 +320,7 @@ def repeated(repeat: int, attempt: Callable[[], Step]) -> Step:
     runs = [attempt() for _ in range(repeat)]
     times = [r.seconds for r in runs]
     return replace(runs[-1], seconds=statistics.median(times), spread=(min(times), max(times)),
+                   cpu_seconds=statistics.median(r.cpu_seconds for r in runs),
                    peak_rss=max(r.peak_rss for r in runs))
 
 
@@ -465,8 +468,8 @@ def table(steps: dict[str, Step], used: int) -> str:
     baseline = {"dv_image": "pc_image", "dv_image_verified": "pc_image", "dv_verify": None,
                 "pc_image": "pc_image", "qemu_image": "pc_image",
                 "dv_restore": "pc_restore", "pc_restore": "pc_restore"}
-    header = ["step", "time s", "min-max s", "used MB/s", "output MB", "peak RSS MB", "speed vs partclone",
-              "size vs partclone"]
+    header = ["step", "time s", "min-max s", "CPU s", "used MB/s", "output MB", "peak RSS MB",
+              "speed vs partclone", "size vs partclone"]
     rows = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
     for key, base in baseline.items():
         s = steps[key]
@@ -474,7 +477,8 @@ def table(steps: dict[str, Step], used: int) -> str:
         size = f"{s.output_bytes / MB:.0f}" if s.output_bytes is not None else "-"
         cell = s.name.replace("|", "\\|")  # a bare | would split the markdown cell
         spread = f"{s.spread[0]:.2f}-{s.spread[1]:.2f}" if s.spread else "-"
-        rows.append(f"| `{cell}` | {s.seconds:.2f} | {spread} | {used / MB / s.seconds:.0f} | {size} | "
+        rows.append(f"| `{cell}` | {s.seconds:.2f} | {spread} | {s.cpu_seconds:.2f} | "
+                    f"{used / MB / s.seconds:.0f} | {size} | "
                     f"{s.peak_rss / MB:.0f} | {ratio(ref and ref.seconds, s.seconds)} | "
                     f"{ratio(s.output_bytes, ref and ref.output_bytes)} |")
     return "\n".join(rows)
@@ -506,7 +510,9 @@ NOTES = [
     ("speed vs partclone = partclone time / this time (higher is faster); size vs partclone = this "
      "size / partclone's. Image rows compare with `partclone.ext4 -c | zstd -T2 -3`, restore rows with "
      "`zstd -dc | partclone.ext4 -r`."),
-    "Peak RSS comes from wait4; for a pipeline it is the sum of its processes' peaks.",
+    ("CPU s is user + system time of all the step's processes (median): unlike wall time, it hardly "
+     "moves when other work shares the machine. It and peak RSS come from wait4; a pipeline's peak "
+     "RSS is the sum of its processes' peaks."),
     ("diskvault images and restores the whole disk (partition table + partition); partclone only the "
      "partition; qemu-img copies every non-zero cluster, free-space garbage included."),
     ("diskvault restore writes a new image file; partclone restores into a sparse file of the "

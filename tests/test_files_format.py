@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from diskvault.files.catalog import Entry, decode, iter_entries, scan
-from diskvault.files.layout import (ENTRY, INDEX_DTYPE, ArchiveFooter, ArchiveHeader, Section, struct_sizes)
+from diskvault.files.layout import ENTRY, INDEX_DTYPE, ArchiveFooter, ArchiveHeader, Section, struct_sizes
 
 DOC = open(os.path.join(os.path.dirname(__file__), "..", "docs", "FILES-FORMAT.md")).read()
 

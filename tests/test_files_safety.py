@@ -12,8 +12,16 @@ from filesutil import backup, dvf, ls, write
 
 from diskvault.files.backup import BackupOptions, backup_files
 from diskvault.files.catalog import Entry
-from diskvault.files.layout import FOOTER_SIZE, SECTION_CATALOG, T_DIR, T_FILE, T_HARDLINK, T_SYMLINK, ArchiveFooter
-from diskvault.files.layout import ArchiveHeader
+from diskvault.files.layout import (
+    FOOTER_SIZE,
+    SECTION_CATALOG,
+    T_DIR,
+    T_FILE,
+    T_HARDLINK,
+    T_SYMLINK,
+    ArchiveFooter,
+    ArchiveHeader,
+)
 from diskvault.files.reading import ChunkStore
 from diskvault.files.writer import ArchiveWriter
 
@@ -180,3 +188,33 @@ while True:
     assert listed[calm.lstrip("/")]["changed_while_read"] is False
     r = dvf("restore", result.archive, "--to", str(tmp_path / "t"))
     assert "busy.log: was changing while it was backed up" in r.stderr
+
+
+class _CtrlC:
+    """A progress display whose user presses Ctrl-C after the first bytes were stored."""
+
+    def start(self, description: str, total: int) -> None:
+        pass
+
+    def advance(self, amount: int) -> None:
+        raise KeyboardInterrupt
+
+    def finish(self) -> None:
+        pass
+
+
+def test_interrupted_backup_leaves_no_archive_and_leftovers_are_ignored(tmp_path):
+    src, out = str(tmp_path / "src"), str(tmp_path / "out")
+    os.makedirs(src)
+    os.makedirs(out)
+    for i in range(3):
+        write(os.path.join(src, f"f{i}"), os.urandom(20 << 20))
+    with pytest.raises(KeyboardInterrupt):
+        backup_files(BackupOptions(paths=[src], to=out), _CtrlC())
+    assert os.listdir(out) == []
+    full = backup(src, out)
+    with open(full["archive"].replace("-00-00.dvbak", "-01-00.dvbak.partial"), "wb") as f:
+        f.write(b"a crashed run's leftover")
+    inc = backup(src, out, "--type", "inc")
+    assert inc["increment"] == 1 and inc["files_read"] == 0
+    dvf("verify", inc["archive"])

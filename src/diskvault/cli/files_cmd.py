@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Optional
 
 import typer
 
-from diskvault.cli._common import (EXIT_STATUS_HELP, PASSWORD_ENV, PASSWORD_FILE, handle_errors, password_options,
-                                   print_json)
-from diskvault.files.backup import BackupOptions, backup_files
-from diskvault.files.listing import diff_archives, entry_dict, list_entries, ls_line
-from diskvault.files.restore import RestoreOptions, restore_files
-from diskvault.files.verify import verify_archive
-from diskvault.files.walker import Filters
+from diskvault.cli._common import (
+    EXIT_STATUS_HELP,
+    PASSWORD_ENV,
+    PASSWORD_FILE,
+    handle_errors,
+    password_options,
+    print_json,
+)
 from diskvault.ui.files_progress import for_terminal
 from diskvault.units import human_size, parse_size
+
+# The core modules (pyfastcdc, pathspec, numpy) are imported by each command when it runs, so the
+# other commands start without them.
 
 files_app = typer.Typer(no_args_is_help=True, help="Back up and restore files and folders (archives "
                         "SETID-II-SS.dvbak: deduplicated, compressed, optionally encrypted).")
@@ -24,6 +28,16 @@ files_app = typer.Typer(no_args_is_help=True, help="Back up and restore files an
 def _say(lines: list[str], prefix: str = "") -> None:
     for line in lines:
         typer.echo(f"diskvault: {prefix}{line}", err=True)
+
+
+def _print_lines(lines) -> None:
+    """Print to stdout; a reader that goes away (``| head``) ends the listing quietly."""
+    try:
+        for line in lines:
+            typer.echo(line)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @handle_errors
@@ -52,6 +66,10 @@ def backup(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Back up files and folders into an archive; Diff/Inc store only what changed."""
+    from diskvault.files.backup import BackupOptions, backup_files
+    from diskvault.files.verify import verify_archive
+    from diskvault.files.walker import Filters
+
     password = password_options(password_file, password_env, confirm=True) \
         if encrypt or password_file or password_env else None
     try:
@@ -90,18 +108,19 @@ def backup(
 @handle_errors
 def ls(
     archive: str = typer.Argument(..., help="Archive file (.dvbak)."),
-    path: Optional[str] = typer.Argument(None, help="Only this path and what is below it."),
+    path: str | None = typer.Argument(None, help="Only this path and what is below it."),
     password_file: str = PASSWORD_FILE,
     password_env: str = PASSWORD_ENV,
     json_out: bool = typer.Option(False, "--json", help="Print the entries as JSON."),
 ) -> None:
     """List the entries of an archive (the whole tree at the time of that backup)."""
+    from diskvault.files.listing import entry_dict, list_entries, ls_line
+
     entries = list_entries(archive, path, password_options(password_file, password_env))
     if json_out:
         print_json([entry_dict(e) for e in entries])
     else:
-        for e in entries:
-            typer.echo(ls_line(e))
+        _print_lines(ls_line(e) for e in entries)
 
 
 def _ask(policy: str):
@@ -116,7 +135,7 @@ def _ask(policy: str):
 @handle_errors
 def restore(
     archive: str = typer.Argument(..., help="Archive file (.dvbak); its parents are read too."),
-    paths: Optional[list[str]] = typer.Argument(None, help="Only these archive paths (and what is below them)."),
+    paths: list[str] | None = typer.Argument(None, help="Only these archive paths (and what is below them)."),
     to: str = typer.Option(..., "--to", help="Folder to restore into (created if missing)."),
     overwrite: str = typer.Option("never", "--overwrite", help="Existing entries: never (keep), older (replace "
                                   "when the archive's is newer), always, ask."),
@@ -125,8 +144,11 @@ def restore(
     password_env: str = PASSWORD_ENV,
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Restore an archive, or chosen paths of it, into a folder. Names that would leave the folder
-    are refused and symlinks are never followed."""
+    """Restore an archive, or chosen paths of it, into a folder.
+
+    Names that would leave the folder are refused and symlinks are never followed."""
+    from diskvault.files.restore import RestoreOptions, restore_files
+
     result = restore_files(RestoreOptions(archive=archive, to=to, paths=paths or [], overwrite=overwrite,
                                           numeric_owner=numeric_owner, confirm=_ask(overwrite),
                                           password=password_options(password_file, password_env)),
@@ -152,6 +174,8 @@ def verify(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Re-read every chunk and catalog of an archive and its parents and check every checksum."""
+    from diskvault.files.verify import verify_archive
+
     result = verify_archive(archive, for_terminal(json_out), password_options(password_file, password_env))
     if json_out:
         print_json(result.to_dict())
@@ -174,12 +198,13 @@ def diff(
     json_out: bool = typer.Option(False, "--json", help="Print the changes as JSON."),
 ) -> None:
     """What changed between two archives: + added, - removed, M content, U metadata, T type."""
+    from diskvault.files.listing import diff_archives
+
     changes = diff_archives(archive1, archive2, password_options(password_file, password_env))
     if json_out:
         print_json([c.to_dict() for c in changes])
         return
-    for c in changes:
-        typer.echo(f"{c.kind} {c.path}" + (f"  ({c.what})" if c.what else ""))
+    _print_lines(f"{c.kind} {c.path}" + (f"  ({c.what})" if c.what else "") for c in changes)
 
 
 for _cmd in (backup, ls, restore, verify, diff):

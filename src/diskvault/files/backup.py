@@ -26,8 +26,19 @@ from diskvault.crypto.keys import KdfParams, PasswordSource, SetKey, derive
 from diskvault.errors import UsageError
 from diskvault.files.catalog import Entry, RecordRef, entry_type, scan, stat_key
 from diskvault.files.chunker import Chunker, chunker_seed
-from diskvault.files.layout import (E_CHANGED, FLAG_ENCRYPTED, T_DIR, T_FILE, T_HARDLINK, T_SYMLINK, TYPE_DIFF,
-                                    TYPE_FULL, TYPE_INC, TYPE_NAMES, ArchiveHeader)
+from diskvault.files.layout import (
+    E_CHANGED,
+    FLAG_ENCRYPTED,
+    T_DIR,
+    T_FILE,
+    T_HARDLINK,
+    T_SYMLINK,
+    TYPE_DIFF,
+    TYPE_FULL,
+    TYPE_INC,
+    TYPE_NAMES,
+    ArchiveHeader,
+)
 from diskvault.files.metadata import Owners, read_xattrs
 from diskvault.files.reader import ArchiveChain
 from diskvault.files.reading import ChunkStore, FileRead, read_batch, stream
@@ -42,7 +53,7 @@ from diskvault.ui.files_progress import files_reporter
 from diskvault.ui.progress import NullProgress, Progress
 
 TYPES = {"full": TYPE_FULL, "diff": TYPE_DIFF, "inc": TYPE_INC}
-STREAM_MIN = 16 << 20  # bigger files are cut by the walker's thread and encoded chunk by chunk
+STREAM_MIN = 16 << 20  # bigger files are cut by the main thread and encoded chunk by chunk in workers
 BATCH_FILES, BATCH_BYTES = 16, 16 << 20  # small files go to workers in batches (fewer handoffs)
 
 
@@ -124,6 +135,7 @@ class _Run:
 
     def plan(self) -> None:
         primary: dict[tuple[int, int], int] = {}
+        refs, catalog, records = self.refs, self.catalog, self.records
         for i, f in enumerate(self.found):
             st = f.st
             typ = entry_type(st.st_mode)
@@ -131,16 +143,16 @@ class _Run:
                 p = primary.setdefault((st.st_dev, st.st_ino), i)
                 if p != i:
                     self.hardlink_of[i] = p
-                    self.records[i] = self._entry(f, st, type=T_HARDLINK, link=self.found[p].rel).encode()
+                    records[i] = self._entry(f, st, type=T_HARDLINK, link=self.found[p].rel).encode()
                     continue
-            ref = self.refs.get(f.rel)
+            ref = refs.get(f.rel)
             if ref is not None and ref.type == typ and ref.key == stat_key(st) and not ref.flags & E_CHANGED:
-                self.records[i] = self.catalog[ref.start:ref.end]
+                records[i] = catalog[ref.start:ref.end]
                 self.unchanged += 1
             elif typ == T_FILE and st.st_size > 0:
                 self.content.append(i)
             else:
-                self.records[i] = self._meta_record(f, typ)
+                records[i] = self._meta_record(f, typ)
 
     def _meta_record(self, f: Found, typ: int) -> bytes | None:
         try:

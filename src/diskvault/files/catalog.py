@@ -13,8 +13,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from diskvault.files.layout import (CHUNK_REF, ENTRY, T_BLK, T_CHR, T_DIR, T_FIFO, T_FILE, T_HARDLINK,
-                                    T_SOCK, T_SYMLINK, XATTR)
+from diskvault.files.layout import (
+    CHUNK_REF,
+    ENTRY,
+    T_BLK,
+    T_CHR,
+    T_DIR,
+    T_FIFO,
+    T_FILE,
+    T_SOCK,
+    T_SYMLINK,
+    XATTR,
+)
 
 ChunkRef = tuple[int, int, bytes]  # (offset in the file, length, content hash)
 
@@ -51,7 +61,7 @@ class Entry:
     flags: int = 0
 
     @classmethod
-    def from_stat(cls, path: bytes, st: os.stat_result, **kw) -> "Entry":
+    def from_stat(cls, path: bytes, st: os.stat_result, **kw) -> Entry:
         return cls(path=path, type=kw.pop("type", None) or entry_type(st.st_mode), mode=st.st_mode,
                    uid=st.st_uid, gid=st.st_gid, nlink=st.st_nlink, size=st.st_size, mtime_ns=st.st_mtime_ns,
                    atime_ns=st.st_atime_ns, ctime_ns=st.st_ctime_ns, dev=st.st_dev, ino=st.st_ino,

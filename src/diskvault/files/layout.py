@@ -88,7 +88,7 @@ class ArchiveHeader:
         return body + struct.pack("<I", zlib.crc32(body))
 
     @classmethod
-    def unpack(cls, raw: bytes) -> "ArchiveHeader":
+    def unpack(cls, raw: bytes) -> ArchiveHeader:
         """Parse and check a header; raises ValueError with the reason."""
         if len(raw) < HEADER_SIZE:
             raise ValueError("file is shorter than a header")
@@ -151,7 +151,7 @@ class ArchiveFooter:
         return body + struct.pack("<I", zlib.crc32(body))
 
     @classmethod
-    def unpack(cls, raw: bytes) -> "ArchiveFooter":
+    def unpack(cls, raw: bytes) -> ArchiveFooter:
         if len(raw) != FOOTER_SIZE or raw[:8] != FOOTER_MAGIC:
             raise ValueError("no footer")
         (crc,) = struct.unpack_from("<I", raw, _FOOTER_CRC_OFFSET)

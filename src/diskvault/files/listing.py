@@ -11,7 +11,16 @@ from dataclasses import dataclass
 from diskvault.crypto.keys import PasswordSource
 from diskvault.errors import IntegrityError, UsageError
 from diskvault.files.catalog import Entry, iter_entries, select
-from diskvault.files.layout import E_CHANGED, E_SPARSE, TYPE_CHARS, T_BLK, T_CHR, T_FILE, T_HARDLINK, T_SYMLINK
+from diskvault.files.layout import (
+    E_CHANGED,
+    E_SPARSE,
+    T_BLK,
+    T_CHR,
+    T_FILE,
+    T_HARDLINK,
+    T_SYMLINK,
+    TYPE_CHARS,
+)
 from diskvault.files.reader import ArchiveFile
 from diskvault.format.reader import KeyRing
 
@@ -72,6 +81,14 @@ def _meta(e: Entry) -> dict:
     return {"mode": e.mode, "owner": (e.uid, e.gid), "mtime": e.mtime_ns, "link": e.link, "xattrs": e.xattrs}
 
 
+def _content_differs(old: Entry, new: Entry, by_hash: bool) -> bool:
+    if old.size != new.size:
+        return True
+    if by_hash:
+        return [c[2] for c in old.chunks] != [c[2] for c in new.chunks]
+    return old.mtime_ns != new.mtime_ns
+
+
 def diff_archives(a: str, b: str, password: PasswordSource | None = None) -> list[Change]:
     """What changed from archive ``a`` to archive ``b``. Content is compared by chunk hashes when
     both archives hash alike (same set, or both unencrypted), else by size and mtime."""
@@ -89,8 +106,7 @@ def diff_archives(a: str, b: str, password: PasswordSource | None = None) -> lis
             changes.append(Change("+", e.name))
         elif o.type != e.type:
             changes.append(Change("T", e.name, f"{TYPE_CHARS[o.type]} -> {TYPE_CHARS[e.type]}"))
-        elif e.type == T_FILE and (o.size != e.size or (
-                [c[2] for c in o.chunks] != [c[2] for c in e.chunks] if by_hash else o.mtime_ns != e.mtime_ns)):
+        elif e.type == T_FILE and _content_differs(o, e, by_hash):
             changes.append(Change("M", e.name, f"size {o.size} -> {e.size}" if o.size != e.size else "content"))
         else:
             what = [k for k, v in _meta(e).items() if _meta(o)[k] != v]

@@ -19,9 +19,21 @@ import numpy as np
 from diskvault.crypto.aead import Sealer
 from diskvault.errors import IncompleteImageError, IntegrityError, MissingChainMemberError
 from diskvault.files.errors import ArchiveFormatError
-from diskvault.files.layout import (FOOTER_SIZE, HEADER_SIZE, INDEX_DTYPE, NAME_RE, SECTION_CATALOG, SECTION_INDEX,
-                                    SECTION_METADATA, SECTION_NAMES, TYPE_FULL, ArchiveFooter, ArchiveHeader,
-                                    archive_file_name, chunk_aad)
+from diskvault.files.layout import (
+    FOOTER_SIZE,
+    HEADER_SIZE,
+    INDEX_DTYPE,
+    NAME_RE,
+    SECTION_CATALOG,
+    SECTION_INDEX,
+    SECTION_METADATA,
+    SECTION_NAMES,
+    TYPE_FULL,
+    ArchiveFooter,
+    ArchiveHeader,
+    archive_file_name,
+    chunk_aad,
+)
 from diskvault.format import codec
 from diskvault.format.reader import KeyRing
 
@@ -213,9 +225,14 @@ class ArchiveChain:
                 raise IntegrityError(f"{parent_path} is not the archive {os.path.basename(child.path)} was made "
                                      f"from (altered or swapped parent)")
         self.members = chain
-        self._where: dict[bytes, tuple[int, int]] = {}
-        for m, member in enumerate(chain):  # newest member last, so it wins
-            self._where.update(zip(member.index["content_hash"].tolist(), ((m, i) for i in range(len(member.index)))))
+
+    @cached_property
+    def _where(self) -> dict[bytes, tuple[int, int]]:
+        """Content hash -> (member, index record); built on the first chunk read."""
+        where: dict[bytes, tuple[int, int]] = {}
+        for m, member in enumerate(self.members):  # newest member last, so it wins
+            where.update(zip(member.index["content_hash"].tolist(), ((m, i) for i in range(len(member.index)))))
+        return where
 
     @property
     def head(self) -> ArchiveFile:
@@ -226,10 +243,7 @@ class ArchiveChain:
         return self.head.metadata
 
     def hashes(self) -> set[bytes]:
-        return set(self._where)
-
-    def has(self, content_hash: bytes) -> bool:
-        return content_hash in self._where
+        return {h for m in self.members for h in m.index["content_hash"].tolist()}
 
     def chunk(self, content_hash: bytes) -> bytes:
         """The checked bytes of a chunk; IntegrityError when no member holds it."""
@@ -243,7 +257,7 @@ class ArchiveChain:
         for m in self.members:
             m.close()
 
-    def __enter__(self) -> "ArchiveChain":
+    def __enter__(self) -> ArchiveChain:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -177,7 +177,15 @@ def read_batch(paths: list[bytes], chunker: Chunker, store: ChunkStore) -> list[
             opened.append(FileRead(vanished=True))
         except OSError as e:
             opened.append(FileRead(error=f"{os.fsdecode(path)}: {e.strerror}"))
-    return [o if isinstance(o, FileRead) else _read_open(p, *o, chunker, store) for p, o in zip(paths, opened)]
+    results: list[FileRead] = []
+    try:
+        for path, o in zip(paths, opened):
+            results.append(o if isinstance(o, FileRead) else _read_open(path, *o, chunker, store))
+    finally:
+        for o in opened[len(results) + 1:]:  # _read_open closes its own fd whatever happens
+            if not isinstance(o, FileRead):
+                os.close(o[0])
+    return results
 
 
 class _Segment:

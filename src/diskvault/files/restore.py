@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass, field
 from diskvault.crypto.keys import PasswordSource
 from diskvault.errors import DiskvaultError, IntegrityError, UsageError
 from diskvault.files.catalog import Entry, iter_entries, select
+from diskvault.files.errors import UnsafeArchiveError, UnsafePathError
 from diskvault.files.layout import E_CHANGED, T_BLK, T_CHR, T_DIR, T_FIFO, T_FILE, T_HARDLINK, T_SYMLINK
 from diskvault.files.metadata import Owners, apply_at, apply_fd
 from diskvault.files.reader import ArchiveChain
-from diskvault.files.errors import UnsafeArchiveError, UnsafePathError
 from diskvault.files.safepath import SafeTree, check_catalog
 from diskvault.format.reader import KeyRing
 from diskvault.imaging.pipeline import ordered_map
@@ -116,6 +116,8 @@ class _Restore:
         self.errors: list[str] = []
         self.count = self.files = self.bytes = 0
         self._total_files = 0
+        self._streamed: dict[bytes, int] = {}  # big files: bytes written so far
+        self._failed: dict[bytes, str] = {}  # big files: first error
         self._report_files = files_reporter(progress)
 
     def run(self, entries: list[Entry]) -> None:
@@ -178,13 +180,12 @@ class _Restore:
 
         def job() -> list:
             out = []
-            for fd, e in items:
-                try:
-                    result = self._write(fd, e, e.chunks)
-                    if not result[1]:
-                        result = (result[0], self._finish(fd, e))
-                    out.append(("done", e, result))
-                finally:
+            try:
+                for fd, e in items:
+                    written, error = self._write(fd, e, e.chunks)
+                    out.append(("done", e, (written, error or self._finish(fd, e))))
+            finally:
+                for fd, _ in items:
                     os.close(fd)
             return out
 
@@ -216,20 +217,22 @@ class _Restore:
         return ""
 
     def _event(self, kind: str, e: Entry, value) -> None:
-        if kind == "chunk":
+        if kind == "chunk":  # a big file's chunk; the file is finished at its "end"
             written, error = value
             self.bytes += written
+            self._streamed[e.path] = self._streamed.get(e.path, 0) + written
             self.progress.advance(written)
-            if error and (not self.errors or self.errors[-1] != error):
-                self.errors.append(error)
+            if error:
+                self._failed.setdefault(e.path, error)
             return
         if kind == "end":
-            error = self._finish(value, e)
+            error = self._failed.pop(e.path, "") or self._finish(value, e)
             os.close(value)
+            self.progress.advance(max(0, e.size - self._streamed.pop(e.path, 0)))  # holes
         else:
             written, error = value
             self.bytes += written
-        self.progress.advance(e.size if kind == "done" else 0)
+            self.progress.advance(e.size)
         if error:
             self.errors.append(error)
         else:

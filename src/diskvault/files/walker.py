@@ -21,10 +21,10 @@ from diskvault.errors import UsageError
 CACHEDIR_TAG = b"CACHEDIR.TAG"
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 SPECIAL = (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK)
-WALK_THREADS = 4  # listing and lstat wait on the disk when the cache is cold
+WALK_THREADS = min(4, os.cpu_count() or 2)  # more threads only contend in the kernel
 
 
-@dataclass
+@dataclass(slots=True)
 class Found:
     rel: bytes  # archive path
     path: bytes  # source path

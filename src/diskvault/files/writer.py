@@ -16,9 +16,19 @@ from dataclasses import replace
 import numpy as np
 
 from diskvault.crypto.aead import Sealer
-from diskvault.files.layout import (FOOTER_SIZE, HEADER_SIZE, INDEX_DTYPE, SECTION_CATALOG, SECTION_INDEX,
-                                    SECTION_METADATA, SECTION_NAMES, ArchiveFooter, ArchiveHeader, Section,
-                                    archive_file_name)
+from diskvault.files.layout import (
+    FOOTER_SIZE,
+    HEADER_SIZE,
+    INDEX_DTYPE,
+    SECTION_CATALOG,
+    SECTION_INDEX,
+    SECTION_METADATA,
+    SECTION_NAMES,
+    ArchiveFooter,
+    ArchiveHeader,
+    Section,
+    archive_file_name,
+)
 from diskvault.format import codec
 from diskvault.format.writer import MIN_SPLIT, PARTIAL_SUFFIX, fsync_dir
 

@@ -27,8 +27,14 @@ class RichFilesProgress:
 
     def __init__(self) -> None:
         from rich.console import Console
-        from rich.progress import (BarColumn, DownloadColumn, Progress as RP, TextColumn, TimeRemainingColumn,
-                                   TransferSpeedColumn)
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+        from rich.progress import Progress as RP
 
         self._bar = RP(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[files]}"),
                        DownloadColumn(binary_units=True), TransferSpeedColumn(), TimeRemainingColumn(),
