@@ -4,7 +4,7 @@
 set -euo pipefail
 packages=(e2fsprogs fdisk gdisk util-linux mount zstd python3-venv ntfs-3g dosfstools mtools exfatprogs exfat-fuse xfsprogs btrfs-progs fuse3 cryptsetup-bin acl systemd qemu-utils)
 if [[ "${1:-}" == "--bench" ]]; then
-    packages+=(partclone fsarchiver time)
+    packages+=(partclone fsarchiver time restic borgbackup)
 fi
 missing=()
 for p in "${packages[@]}"; do
