@@ -16,15 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_image import (DOCS_FILE, MB, OUT_DIR, diskvault, diskvault_env, ensure_disk, log,  # noqa: E402
-                         loop_device, mounted, partition_of, preflight, run, timed, write_random)
+from bench_image import (MB, OUT_DIR, diskvault, diskvault_env, ensure_disk,  # noqa: E402
+                         loop_device, mounted, partition_of, preflight, run, timed, update_docs, write_random)
 
 SECTION = "## Backup sets and compression (issue 4)"
 CHANGE_SHARE = 0.01
@@ -76,7 +75,7 @@ def main() -> None:
         rows.append((f"Full, `--compression {level}`", seconds, res["bytes_written"], res))
         if level != "fast":
             shutil.rmtree(dest)
-    full_seconds, full = rows[1][1], rows[1][3]
+    full_seconds = rows[1][1]
     changed = change_one_percent(disk, run_dir, int(facts.get("size", args.size_gib * 2**30)))
     inc_seconds, inc = image(disk, run_dir / "level-fast", run_dir, "incremental after 1 % change", "--type", "inc")
     rows.append(("Incremental after a 1 % change", inc_seconds, inc["bytes_written"], inc))
@@ -103,10 +102,7 @@ def main() -> None:
     print(section)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     (OUT_DIR / f"chain-{time.strftime('%Y%m%d-%H%M%S')}.md").write_text(section)
-    text = DOCS_FILE.read_text()
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    text = pattern.sub(lambda _: section, text, count=1) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    DOCS_FILE.write_text(text)
+    update_docs(section, SECTION)
     shutil.rmtree(run_dir, ignore_errors=True)
 
 

@@ -11,7 +11,7 @@ before each timed step, so the numbers compare.
 Needs root (drop_caches), restic and borgbackup (Debian packages), diff. The tree (>= 50,000 files,
 >= 2 GB) is copied from /usr into WORKDIR/tree once and reused while its recipe is unchanged.
 diskvault runs as ``sys.executable -m diskvault`` with this repository's ``src`` on PYTHONPATH.
-Results go to bench/out/files-results-<time>.md and docs/BENCHMARKS-FILES.md. The exit status is
+Results go to bench/out/files-results-<time>.md and the "File backups (issue 6)" section of docs/BENCHMARKS.md. The exit status is
 non-zero only when something breaks (a tool fails, the restored tree differs); missed targets are
 reported as FAIL lines.
 """
@@ -29,8 +29,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_image import update_docs  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-DOCS_FILE = REPO / "docs" / "BENCHMARKS-FILES.md"
 OUT_DIR = REPO / "bench" / "out"
 RECIPE = 1  # bump when the tree recipe changes
 SOURCES = ["usr/share", "usr/include", "usr/bin", "usr/lib/x86_64-linux-gnu", "usr/lib/python3",
@@ -264,8 +266,7 @@ def main() -> int:
     text = report(steps, info, work, checks, versions())
     OUT_DIR.mkdir(exist_ok=True)
     (OUT_DIR / f"files-results-{time.strftime('%Y%m%d-%H%M%S')}.md").write_text(text)
-    DOCS_FILE.write_text("# Benchmarks: file backups\n\nWritten by `bench/bench_files.py`; rerun it rather than "
-                         "editing numbers by hand.\n\n" + text)
+    update_docs(text, text.splitlines()[0])
     print(text)
     if not args.keep:
         for name in ("dv", "dv-enc", "restic", "restic-cache", "borg", "borg-home"):

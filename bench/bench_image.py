@@ -530,12 +530,12 @@ def report(machine: list[tuple[str, str]], steps: dict[str, Step], used: int, ch
     return "\n".join(lines)
 
 
-def update_docs(section: str) -> None:
-    """Replace this benchmark's section of docs/BENCHMARKS.md (or add it), leaving others alone."""
+def update_docs(section: str, title: str = SECTION) -> None:
+    """Replace the section headed ``title`` of docs/BENCHMARKS.md (or add it), leaving others alone."""
     intro = ("# Benchmarks\n\nMeasurements of diskvault against the tools it replaces. Each section is "
              "written by the script named in it; rerun the script rather than editing numbers by hand.\n")
     text = DOCS_FILE.read_text() if DOCS_FILE.exists() else intro
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
+    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
     if pattern.search(text):
         text = pattern.sub(lambda _: section + "\n", text, count=1)
     else:
