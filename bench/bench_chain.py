@@ -96,7 +96,7 @@ def main() -> None:
               f"{'PASS' if inc['bytes_written'] <= changed * 1.5 + 8 * MB else 'FAIL'} incremental stored "
               f"{inc['bytes_written'] / MB:.1f} MB for {changed / MB:.1f} MB changed ({changed / used * 100:.1f} % of used)",
               f"restore of the incremental (whole chain) took {restore.seconds:.2f} s; e2fsck -fn clean", "```", "",
-              "- The Incremental reads every used block once and hashes it (BLAKE3); only changed 4 MiB cells are "
+              "- The Incremental reads every used block once and hashes it (BLAKE3); only the changed 64 KiB blocks of changed 4 MiB cells are "
               "compressed and written. Its time is bounded by reading the used data, the Full's by compression."]
     section = "\n".join(lines) + "\n"
     print(section)
