@@ -19,7 +19,7 @@ from diskvault.format.layout import (
     CHUNK_PATCH, CHUNK_ZERO, EXTENTS_DTYPE, FOOTER_SIZE, HEADER_SIZE, INDEX_DTYPE, SECTION_EXTENTS, SECTION_INDEX,
     SECTION_METADATA, SECTION_NAMES, Footer, Header,
 )
-from diskvault.format.writer import image_file_name
+from diskvault.format.writer import PARTIAL_SUFFIX, image_file_name
 
 PATCH_HEADER = 8  # the u64 block bitmap in front of a patch's blocks
 NAME_RE = re.compile(r"^([0-9A-F]{16})-(\d{2})-(\d{2})\.dvimg$")
@@ -81,6 +81,8 @@ class ImageFile:
     def _open(self, path: str, keyring: KeyRing) -> None:
         if not os.path.exists(path):
             raise ImageFormatError(path, "no such file")
+        if path.endswith(PARTIAL_SUFFIX):  # complete only once renamed: the rename is the commit
+            raise IncompleteImageError(path)
         paths = part_paths(path)
         for p in paths:
             try:
