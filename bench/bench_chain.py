@@ -77,7 +77,13 @@ def main() -> None:
             shutil.rmtree(dest)
     full_seconds = rows[1][1]
     changed = change_one_percent(disk, run_dir, int(facts.get("size", args.size_gib * 2**30)))
+    untracked = run_dir / "untracked"
+    shutil.copytree(run_dir / "level-fast", untracked)
+    plain_seconds, plain = image(disk, untracked, run_dir, "incremental, no change tracking", "--type", "inc",
+                                 "--no-change-tracking")
+    shutil.rmtree(untracked)
     inc_seconds, inc = image(disk, run_dir / "level-fast", run_dir, "incremental after 1 % change", "--type", "inc")
+    rows.append(("Incremental after a 1 % change, `--no-change-tracking`", plain_seconds, plain["bytes_written"], plain))
     rows.append(("Incremental after a 1 % change", inc_seconds, inc["bytes_written"], inc))
     target = run_dir / "restored.img"
     restore = timed("restore the incremental", [diskvault("restore", inc["image"], str(target), "--yes")],
@@ -95,9 +101,13 @@ def main() -> None:
               f"{'PASS' if speedup >= 10 else 'FAIL'} incremental is {speedup:.1f}x faster than the Full (target >= 10x)",
               f"{'PASS' if inc['bytes_written'] <= changed * 1.5 + 8 * MB else 'FAIL'} incremental stored "
               f"{inc['bytes_written'] / MB:.1f} MB for {changed / MB:.1f} MB changed ({changed / used * 100:.1f} % of used)",
-              f"restore of the incremental (whole chain) took {restore.seconds:.2f} s; e2fsck -fn clean", "```", "",
-              "- The Incremental reads every used block once and hashes it (BLAKE3); only the changed 64 KiB blocks of changed 4 MiB cells are "
-              "compressed and written. Its time is bounded by reading the used data, the Full's by compression."]
+              f"restore of the incremental (whole chain) took {restore.seconds:.2f} s; e2fsck -fn clean",
+              f"incremental read {inc['bytes_read'] / MB:.0f} MB of the {used / MB:.0f} MB used "
+              f"({plain['bytes_read'] / MB:.0f} MB without change tracking)", "```", "",
+              "- With change tracking (the default) the Incremental skips the 4 MiB cells that hold only data of files whose "
+              "inodes are as in the parent; every other used cell is read once and hashed (BLAKE3). Only the changed 64 KiB "
+              "blocks of changed cells are compressed and written. The 1 % change here touches 200 files spread over the "
+              "disk, so many cells are still read."]
     section = "\n".join(lines) + "\n"
     print(section)
     OUT_DIR.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,9 @@ def image(
     split: str = typer.Option(None, "--split", help="Split into parts of this size, e.g. 4G or 650M "
                               "(automatic at 4 GiB - 1 on FAT destinations)."),
     forensic: bool = typer.Option(False, "--forensic", help="Every sector, whatever the filesystem."),
+    change_tracking: bool = typer.Option(True, "--change-tracking/--no-change-tracking",
+                                         help="diff/inc: skip reading files whose inodes show them unchanged "
+                                         "(ext2/3/4); --no-change-tracking reads and compares every used block."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Re-read and check the image after writing."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -39,7 +42,8 @@ def image(
         raise typer.BadParameter(str(e)) from None
     result = create_image(ImageOptions(source=source, to=to, partitions=parse_partitions(partitions),
                                        compression=compression, image_type=image_type, password=password,
-                                       split_size=split_size, forensic=forensic), for_terminal(json_out))
+                                       split_size=split_size, forensic=forensic,
+                                       change_tracking=change_tracking), for_terminal(json_out))
     for note in result.notes:
         typer.echo(f"diskvault: {note}", err=True)
     out = result.to_dict()

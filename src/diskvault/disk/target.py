@@ -157,3 +157,64 @@ def supports_discard(path: str) -> bool:
             return int(fh.read().strip() or 0) > 0
     except (OSError, ValueError):
         return False
+
+
+class HeldBack:
+    """A Target whose writes to ``regions`` are held back until ``release()``, after everything
+    else; the regions read as zeros on the device meanwhile (zeroed and fsynced on creation).
+
+    Used for each ext superblock: change tracking trusts a target's inodes only when its
+    filesystem is intact, and a restore writes inode tables long before the data they describe.
+    An interrupted restore so leaves no filesystem (not one whose inodes lie about its data)."""
+
+    def __init__(self, target: Target, regions: list[tuple[int, int]]) -> None:
+        self._target = target
+        self._held = {start: bytearray(target.read(start, length)) for start, length in regions}
+        for start, length in regions:
+            _pwrite_full(target.fd, memoryview(bytes(length)), start)
+        target.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self._target, name)
+
+    def _split(self, offset: int, data: memoryview) -> list[tuple[int, memoryview]]:
+        """The pieces of ``data`` outside the held regions; the rest is kept in them."""
+        pieces: list[tuple[int, memoryview]] = []
+        pos, end = offset, offset + len(data)
+        for start, held in sorted(self._held.items()):
+            a, b = max(pos, start), min(end, start + len(held))
+            if a >= b:
+                continue
+            held[a - start:b - start] = data[a - offset:b - offset]
+            if a > pos:
+                pieces.append((pos, data[pos - offset:a - offset]))
+            pos = b
+        if pos < end:
+            pieces.append((pos, data[pos - offset:]))
+        return pieces
+
+    def write(self, offset: int, data: bytes | memoryview) -> int:
+        view = memoryview(data)
+        pieces = self._split(offset, view)
+        held = len(view) - sum(len(piece) for _o, piece in pieces)
+        return held + sum(self._target.write(o, piece) for o, piece in pieces)
+
+    def zero(self, offset: int, length: int) -> None:
+        for o, piece in self._split(offset, memoryview(bytes(length))):
+            self._target.zero(o, len(piece))
+
+    def read(self, offset: int, length: int) -> bytes:
+        out = bytearray(self._target.read(offset, length))
+        for start, held in self._held.items():
+            a, b = max(offset, start), min(offset + length, start + len(held))
+            if a < b:
+                out[a - offset:b - offset] = held[a - start:b - start]
+        return bytes(out)
+
+    def release(self) -> None:
+        """Everything else is on the device: fsync it, then write the held regions and fsync."""
+        self._target.flush()
+        for start, held in self._held.items():
+            _pwrite_full(self._target.fd, memoryview(held), start)
+        self._target.flush()
+        self._held = {}

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from diskvault.format.layout import PATCH_BLOCKS
 
 MAX_CHANGED_SHARE = 0.75  # above this a whole cell is smaller to store and faster to read
@@ -18,14 +20,17 @@ def _blocks(length: int, chunk_size: int) -> list[tuple[int, int]]:
 
 def make_patch(new: bytes | memoryview, old: bytes, chunk_size: int) -> bytes | None:
     """The patch that turns ``old`` into ``new``, or None when most of the cell changed."""
-    bitmap, parts = 0, []
-    for i, (a, b) in enumerate(_blocks(len(new), chunk_size)):
-        if new[a:b] != old[a:b]:
-            bitmap |= 1 << i
-            parts.append(new[a:b])
-    if not parts or len(parts) > PATCH_BLOCKS * MAX_CHANGED_SHARE:
+    blocks = _blocks(len(new), chunk_size)
+    bs, whole = chunk_size // PATCH_BLOCKS, len(new) // (chunk_size // PATCH_BLOCKS)
+    a, b = np.frombuffer(new, np.uint8), np.frombuffer(old, np.uint8, count=len(new))
+    differs = (a[:whole * bs].reshape(whole, bs) != b[:whole * bs].reshape(whole, bs)).any(axis=1).tolist()
+    if whole < len(blocks):  # a short last block (the disk's last cell)
+        differs.append(bool((a[whole * bs:] != b[whole * bs:]).any()))
+    changed = [i for i, d in enumerate(differs) if d]
+    if not changed or len(changed) > PATCH_BLOCKS * MAX_CHANGED_SHARE:
         return None
-    return bitmap.to_bytes(8, "little") + b"".join(parts)
+    bitmap = sum(1 << i for i in changed)
+    return bitmap.to_bytes(8, "little") + b"".join(bytes(new[blocks[i][0]:blocks[i][1]]) for i in changed)
 
 
 def apply_patch(base: bytes, payload: bytes, chunk_size: int) -> bytes:

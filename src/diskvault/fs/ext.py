@@ -104,6 +104,7 @@ class ExtReader:
         isize = 128 if sb["s_rev_level"] == 0 else sb["s_inode_size"]
         if isize < 128 or isize > bs or isize & (isize - 1):
             raise _bad(f"inode size {isize}")
+        self.inode_size, self.inodes_per_group = isize, ipg
         self.itable_blocks = -(-(ipg * isize) // bs)
         if self.is64:
             ds = sb["s_desc_size"]
@@ -191,6 +192,10 @@ class ExtReader:
         self.inode_bitmap = addr("bg_inode_bitmap")
         self.inode_table = addr("bg_inode_table")
         self.bg_flags = gd["bg_flags"].astype(np.uint16)
+        unused = gd["bg_itable_unused_lo"].astype(np.int64)
+        if self.desc_size >= C.GROUP_DESC_MIN_SIZE_64BIT:
+            unused |= gd["bg_itable_unused_hi"].astype(np.int64) << 16
+        self.itable_unused = unused
         self._check_descriptors()
 
     def _check_descriptors(self) -> None:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from diskvault import __version__
+from diskvault.changes import METADATA_KEY as TRACKING_KEY, known_unchanged
 from diskvault.crypto.aead import Sealer
 from diskvault.crypto.keys import KdfParams, PasswordSource, derive
 from diskvault.disk.source import Source
@@ -22,10 +23,12 @@ from diskvault.format.layout import (CHUNK_ZERO, DEFAULT_CHUNK_SIZE, FLAG_ENCRYP
                                      TYPE_INC, TYPE_NAMES, Header)
 from diskvault.format.reader import KeyRing
 from diskvault.format.writer import ImageWriter
+from diskvault.fs import extents as ext
 from diskvault.imaging.destination import auto_split_size
 from diskvault.imaging.pipeline import CellEncoder, CellReader, cells_for, ordered_map
 from diskvault.imaging.plan import make_plan
 from diskvault.imaging.sets import find_parent, scan
+from diskvault.imaging.tracked import SkipKnownCells, cells_to_skip
 from diskvault.ui.progress import NullProgress, Progress
 
 TYPES = {"full": TYPE_FULL, "diff": TYPE_DIFF, "inc": TYPE_INC}
@@ -44,6 +47,7 @@ class ImageOptions:
     forensic: bool = False
     created_ns: int | None = None  # when the backup counts as taken (a scheduler's clock); None: now
     extra_metadata: dict | None = None  # more metadata keys, e.g. the backup definition that made it
+    change_tracking: bool = True  # diff/inc: skip what the filesystem shows unchanged (diskvault.changes)
 
 
 @dataclass
@@ -130,11 +134,20 @@ def create_image(opts: ImageOptions, progress: Progress | None = None) -> ImageR
         bytes_read = 0
         new_offsets, new_lengths, new_hashes = [], [], []
         try:
-            encoder = CellEncoder(CellReader(source.fd, extents, header.chunk_size, source.size),
-                                  opts.compression, key.hash_key if key else None, sealer, parent,
-                                  raw_cells=cells_for(plan.incompressible(), header.chunk_size))
+            tracked = [] if opts.forensic else [(p.partition.start, p.partition.size) for p in plan.partitions
+                                                if p.method == "used-blocks"]
+            earlier = parent.metadata.get(TRACKING_KEY, {}) if parent and opts.change_tracking else {}
+            known, snapshots = known_unchanged(source.fd, tracked, earlier)
+            if parent is not None:
+                known = ext.intersect(ext.intersect(known, extents), parent.extents)
+            reader = CellReader(source.fd, extents, header.chunk_size, source.size)
+            job = encoder = CellEncoder(reader, opts.compression, key.hash_key if key else None, sealer, parent,
+                                        raw_cells=cells_for(plan.incompressible(), header.chunk_size))
+            if len(known):
+                job = SkipKnownCells(encoder, parent, cells_to_skip(cells, extents, parent.extents, known,
+                                                                   header.chunk_size, source.size), source.size)
             progress.start("imaging", int(extents[:, 1].sum()) if len(extents) else 0)
-            for cell in ordered_map(encoder, cells.tolist()):
+            for cell in ordered_map(job, cells.tolist()):
                 bytes_read += cell.bytes_read
                 progress.advance(cell.bytes_read)
                 if cell.stored:
@@ -159,6 +172,7 @@ def create_image(opts: ImageOptions, progress: Progress | None = None) -> ImageR
                 "table": plan.table.to_dict(),
                 "partitions": [p.to_dict() for p in plan.partitions],
                 "stats": {"bytes_read": bytes_read, "bytes_imaged": int(extents[:, 1].sum()) if len(extents) else 0},
+                TRACKING_KEY: snapshots,
             } | (opts.extra_metadata or {})
             digest = state_hash(source.size, np.array(new_offsets, dtype=np.int64),
                                 np.array(new_lengths, dtype=np.int64), np.array(new_hashes, dtype="V16"))

@@ -4,6 +4,10 @@ The target is read in large runs of cells (the image's grid, ``chunk_size``), it
 to zero exactly as the image hashed them, and each cell hashed with the image's key. A cell whose
 hash differs from the source's is compared with the source's bytes block by block (4 KiB), and only
 the differing blocks are written. Works for layouts that keep every partition in place.
+
+Cells whose bytes the target's filesystems vouch for are skipped unread: file data whose inodes are
+the same on the target as in the source (diskvault.changes). Restores write each ext superblock
+last (disk.target.HeldBack), so a target left by an interrupted restore vouches for nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from diskvault.changes import known_unchanged, partition_spans
 from diskvault.disk.target import Target
 from diskvault.format import codec
 from diskvault.fs import extents as ext
@@ -38,10 +43,22 @@ def _runs(cells: np.ndarray, per_run: int) -> list[np.ndarray]:
     return [g[i:i + per_run] for g in groups for i in range(0, len(g), per_run)]
 
 
-def delta_copy(source, target: Target, ranges: np.ndarray, progress: Progress) -> DeltaResult:
-    """Make ``ranges`` (disk = target coordinates) of the target hold what ``source`` holds there."""
+def known_on_target(source, target: Target) -> np.ndarray:
+    """Bytes of the target that its filesystems show hold what ``source`` holds there: the data of
+    files whose inodes are the same on both (diskvault.changes), inside what the source uses."""
+    known, _now = known_unchanged(target.fd, partition_spans(source.table, source.size), source.tracking_snapshots())
+    return ext.intersect(known, source.used)
+
+
+def delta_copy(source, target: Target, ranges: np.ndarray, progress: Progress,
+               known: np.ndarray | None = None) -> DeltaResult:
+    """Make ``ranges`` (disk = target coordinates) of the target hold what ``source`` holds there.
+    Cells whose bytes are all ``known`` to be equal already are neither read nor compared."""
     cs, size = source.chunk_size, source.size
     wanted = ext.intersect(source.used, ranges)
+    cells = cells_for(wanted, cs)
+    if known is not None and len(known):
+        cells = cells_for(ext.intersect(wanted, ext.complement(known, size)), cs)
     mask = CellReader(target.fd, source.used, cs, size)  # its used_in() tells which bytes count
     result = DeltaResult()
     per_run = max(1, RUN_BYTES // cs)
@@ -73,7 +90,8 @@ def delta_copy(source, target: Target, ranges: np.ndarray, progress: Progress) -
         return out
 
     progress.start("comparing", ext.total(wanted))
-    for found in ordered_map(compare, _runs(cells_for(wanted, cs), per_run)):
+    progress.advance(ext.total(wanted) - ext.total(ext.intersect(wanted, _cell_extents(cells, cs, size))))
+    for found in ordered_map(compare, _runs(cells, per_run)):
         for cell, length, have in found:
             result.bytes_compared += length
             progress.advance(length)
@@ -82,6 +100,11 @@ def delta_copy(source, target: Target, ranges: np.ndarray, progress: Progress) -
                 result.bytes_written += _write_blocks(target, cell * cs, have, source.cell_bytes(cell, length), ranges)
     progress.finish()
     return result
+
+
+def _cell_extents(cells: np.ndarray, chunk_size: int, size: int) -> np.ndarray:
+    starts = cells.astype(np.uint64) * np.uint64(chunk_size)
+    return ext.clip(ext.merge(np.stack([starts, np.full(len(cells), chunk_size, np.uint64)], axis=1)), 0, size)
 
 
 def _write_blocks(target: Target, offset: int, have: bytes, want: bytes, ranges: np.ndarray) -> int:

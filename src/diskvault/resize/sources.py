@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import blake3
 import numpy as np
 
+from diskvault.changes import METADATA_KEY as TRACKING_KEY, known_unchanged, partition_spans
 from diskvault.disk.table import PartitionTable
 from diskvault.disk.target import Target
 from diskvault.format import codec
@@ -92,6 +93,10 @@ class ImageDisk:
         j = self.chain.state.lookup(cell * self.chunk_size)
         return bytes(self.chain.state.hashes[j]) if j >= 0 else self._zero_hash(length)
 
+    def tracking_snapshots(self) -> dict:
+        """Change-tracking snapshots of the state this image gives (diskvault.changes)."""
+        return self.chain.metadata.get(TRACKING_KEY, {})
+
     def cell_bytes(self, cell: int, length: int) -> bytes:
         j = self.chain.state.lookup(cell * self.chunk_size)
         return self.chain.decode(j) if j >= 0 else bytes(length)
@@ -115,6 +120,10 @@ class FdDisk:
 
     def fs(self, number: int) -> dict | None:
         return self._fs.get(number)
+
+    def tracking_snapshots(self) -> dict:
+        """Change-tracking snapshots of this disk as it is now (diskvault.changes)."""
+        return known_unchanged(self.fd, partition_spans(self.table, self.size), {})[1]
 
     def covered(self) -> np.ndarray:
         return self.used

@@ -19,13 +19,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from diskvault.disk import gpt, mbr
-from diskvault.disk.target import Target, supports_discard
+from diskvault.disk.target import HeldBack, Target, supports_discard
 from diskvault.errors import IntegrityError, TargetError, UsageError
 from diskvault.fs import extents as ext
+from diskvault.fs.c_ext import SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE
 from diskvault.fs.xfs import XfsReader
 from diskvault.imaging.plan import probe_filesystem
 from diskvault.resize import fstools
-from diskvault.resize.delta import delta_copy
+from diskvault.resize.delta import delta_copy, known_on_target
 from diskvault.resize.layout import EBR_OFFSET, LayoutPlan, Placement, plan_layout, read_layout_file
 from diskvault.resize.sources import FdDisk, Segment, mapped, pieces
 from diskvault.ui.progress import NullProgress, Progress
@@ -236,8 +237,10 @@ def _write(run: Run, plan: LayoutPlan, dev: Target, result: TransferResult, prog
                                     dtype=np.uint64).reshape(-1, 2))
     used = mapped(source.used, segments)
     trim = opts.trim and (not dev.is_block or supports_discard(dev.path))
+    known = known_on_target(source, dev) if opts.delta else None  # before the superblocks are held back
+    dev = HeldBack(dev, _superblocks(run, plan, dst_ranges))
     if opts.delta:
-        delta = delta_copy(source, dev, dst_ranges, progress)
+        delta = delta_copy(source, dev, dst_ranges, progress, known)
         result.bytes_compared, result.bytes_written = delta.bytes_compared, delta.bytes_written
     else:
         if not dev.is_block:
@@ -258,11 +261,23 @@ def _write(run: Run, plan: LayoutPlan, dev: Target, result: TransferResult, prog
     for p in plan.placements:
         if p.new_start != p.old_start:
             _move_hidden_sectors(dev, p)
+    dev.release()
     if trim:  # the image's free space (exact: inside the restored ranges; else all but the used bytes)
         free = ext.complement(used, dev.size)
         for start, length in (ext.intersect(dst_ranges, free) if plan.mode == "exact" else free).tolist():
             if dev.discard(start, length):
                 result.bytes_discarded += length
+
+
+def _superblocks(run: Run, plan: LayoutPlan, dst_ranges: np.ndarray) -> list[tuple[int, int]]:
+    """Where each restored ext filesystem's primary superblock goes: written last (HeldBack)."""
+    out = []
+    for p in plan.placements:
+        start = p.new_start + SUPERBLOCK_OFFSET
+        region = np.array([[start, SUPERBLOCK_SIZE]], dtype=np.uint64)
+        if (run.fstypes.get(p.number) or "").startswith("ext") and len(ext.intersect(region, dst_ranges)):
+            out.append((start, SUPERBLOCK_SIZE))
+    return out
 
 
 def _move_hidden_sectors(dev: Target, p: Placement) -> None:
