@@ -52,15 +52,19 @@ def partition_spans(table, disk_size: int) -> list[tuple[int, int]]:
     return [(p.start, p.size) for p in parts] or [(0, disk_size)]
 
 
-def known_unchanged(fd: int, partitions: list[tuple[int, int]], earlier: dict) -> tuple[np.ndarray, dict]:
-    """(disk byte extents known unchanged since the snapshots in ``earlier``, the current snapshots)
-    for the partitions (start, size) of the disk open as ``fd``."""
-    known, now = [], {}
-    for start, size in partitions:
-        tracker = open_tracker(fd, start, size)
-        if tracker is None:
-            continue
-        now[str(start)] = tracker.snapshot()
-        if str(start) in earlier:
-            known.append(extents.shift(extents.clip(tracker.unchanged(earlier[str(start)]), 0, size), start))
-    return (extents.merge(np.concatenate(known)) if known else extents.EMPTY.copy()), now
+def open_trackers(fd: int, partitions: list[tuple[int, int]]) -> dict[int, Tracker]:
+    """A tracker for each partition (start, size) of the disk open as ``fd`` that has one."""
+    found = {start: open_tracker(fd, start, size) for start, size in partitions}
+    return {start: t for start, t in found.items() if t is not None}
+
+
+def snapshots(trackers: dict[int, Tracker]) -> dict:
+    """The metadata value to store in an image."""
+    return {str(start): t.snapshot() for start, t in trackers.items()}
+
+
+def known_unchanged(trackers: dict[int, Tracker], earlier: dict) -> np.ndarray:
+    """Disk byte extents known unchanged since the snapshots ``earlier`` (an image's metadata value)."""
+    known = [extents.shift(t.unchanged(earlier[str(start)]), start)
+             for start, t in trackers.items() if str(start) in earlier]
+    return extents.merge(np.concatenate(known)) if known else extents.EMPTY.copy()

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import blake3
-from argon2.low_level import Type, hash_secret_raw
 
 from diskvault.errors import UsageError, WrongPasswordError
 
@@ -56,6 +55,7 @@ def _derive(context: str, master: bytes) -> bytes:
 def derive(password: str, kdf: KdfParams) -> SetKey:
     if not (1 <= kdf.time_cost <= 100 and 8 <= kdf.memory_kib <= 16 * 1024 * 1024 and 1 <= kdf.parallelism <= 64):
         raise ValueError("key-derivation parameters out of range")
+    from argon2.low_level import Type, hash_secret_raw  # here: most images are not encrypted
     master = hash_secret_raw(password.encode(), kdf.salt, time_cost=kdf.time_cost, memory_cost=kdf.memory_kib,
                              parallelism=kdf.parallelism, hash_len=32, type=Type.ID)
     return SetKey(_derive("diskvault 2026-11 chunk encryption", master),

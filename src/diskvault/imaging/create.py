@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from diskvault import __version__
-from diskvault.changes import METADATA_KEY as TRACKING_KEY, known_unchanged
+from diskvault.changes import METADATA_KEY as TRACKING_KEY, known_unchanged, open_trackers, snapshots
 from diskvault.crypto.aead import Sealer
 from diskvault.crypto.keys import KdfParams, PasswordSource, derive
 from diskvault.disk.source import Source
@@ -136,9 +136,10 @@ def create_image(opts: ImageOptions, progress: Progress | None = None) -> ImageR
         try:
             tracked = [] if opts.forensic else [(p.partition.start, p.partition.size) for p in plan.partitions
                                                 if p.method == "used-blocks"]
-            earlier = parent.metadata.get(TRACKING_KEY, {}) if parent and opts.change_tracking else {}
-            known, snapshots = known_unchanged(source.fd, tracked, earlier)
-            if parent is not None:
+            trackers = open_trackers(source.fd, tracked)
+            known = ext.EMPTY
+            if parent is not None and opts.change_tracking:
+                known = known_unchanged(trackers, parent.metadata.get(TRACKING_KEY, {}))
                 known = ext.intersect(ext.intersect(known, extents), parent.extents)
             reader = CellReader(source.fd, extents, header.chunk_size, source.size)
             job = encoder = CellEncoder(reader, opts.compression, key.hash_key if key else None, sealer, parent,
@@ -172,7 +173,7 @@ def create_image(opts: ImageOptions, progress: Progress | None = None) -> ImageR
                 "table": plan.table.to_dict(),
                 "partitions": [p.to_dict() for p in plan.partitions],
                 "stats": {"bytes_read": bytes_read, "bytes_imaged": int(extents[:, 1].sum()) if len(extents) else 0},
-                TRACKING_KEY: snapshots,
+                TRACKING_KEY: snapshots(trackers),
             } | (opts.extra_metadata or {})
             digest = state_hash(source.size, np.array(new_offsets, dtype=np.int64),
                                 np.array(new_lengths, dtype=np.int64), np.array(new_hashes, dtype="V16"))

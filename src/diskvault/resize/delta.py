@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from diskvault.changes import known_unchanged, partition_spans
+from diskvault.changes import known_unchanged, open_trackers, partition_spans
 from diskvault.disk.target import Target
 from diskvault.format import codec
 from diskvault.fs import extents as ext
@@ -45,9 +45,12 @@ def _runs(cells: np.ndarray, per_run: int) -> list[np.ndarray]:
 
 def known_on_target(source, target: Target) -> np.ndarray:
     """Bytes of the target that its filesystems show hold what ``source`` holds there: the data of
-    files whose inodes are the same on both (diskvault.changes), inside what the source uses."""
-    known, _now = known_unchanged(target.fd, partition_spans(source.table, source.size), source.tracking_snapshots())
-    return ext.intersect(known, source.used)
+    files whose inodes on the target are as in a member of the source's chain (diskvault.changes)
+    and that no newer member changed, inside what the source uses."""
+    trackers = open_trackers(target.fd, partition_spans(source.table, source.size))
+    known = [ext.intersect(known_unchanged(trackers, snaps), ext.complement(newer, source.size))
+             for snaps, newer in source.tracking_history()] if trackers else []
+    return ext.intersect(ext.merge(np.concatenate(known)), source.used) if known else ext.EMPTY.copy()
 
 
 def delta_copy(source, target: Target, ranges: np.ndarray, progress: Progress,

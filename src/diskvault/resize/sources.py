@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import blake3
 import numpy as np
 
-from diskvault.changes import METADATA_KEY as TRACKING_KEY, known_unchanged, partition_spans
+from diskvault.changes import METADATA_KEY as TRACKING_KEY, open_trackers, partition_spans, snapshots
 from diskvault.disk.table import PartitionTable
 from diskvault.disk.target import Target
 from diskvault.format import codec
@@ -93,9 +93,15 @@ class ImageDisk:
         j = self.chain.state.lookup(cell * self.chunk_size)
         return bytes(self.chain.state.hashes[j]) if j >= 0 else self._zero_hash(length)
 
-    def tracking_snapshots(self) -> dict:
-        """Change-tracking snapshots of the state this image gives (diskvault.changes)."""
-        return self.chain.metadata.get(TRACKING_KEY, {})
+    def tracking_history(self) -> list[tuple[dict, np.ndarray]]:
+        """(change-tracking snapshots of a member, disk extents of the cells newer members store):
+        bytes a snapshot vouches for outside those cells are as this image gives them."""
+        history, later = [], []
+        for m in reversed(self.chain.members):
+            newer = ext.merge(np.concatenate(later)) if later else ext.EMPTY
+            history.append((m.metadata.get(TRACKING_KEY, {}), newer))
+            later.append(np.stack([m.index["disk_offset"], m.index["length"]], axis=1).astype(np.uint64))
+        return history
 
     def cell_bytes(self, cell: int, length: int) -> bytes:
         j = self.chain.state.lookup(cell * self.chunk_size)
@@ -121,9 +127,9 @@ class FdDisk:
     def fs(self, number: int) -> dict | None:
         return self._fs.get(number)
 
-    def tracking_snapshots(self) -> dict:
-        """Change-tracking snapshots of this disk as it is now (diskvault.changes)."""
-        return known_unchanged(self.fd, partition_spans(self.table, self.size), {})[1]
+    def tracking_history(self) -> list[tuple[dict, np.ndarray]]:
+        """This disk's change-tracking snapshots as it is now (see ImageDisk)."""
+        return [(snapshots(open_trackers(self.fd, partition_spans(self.table, self.size))), ext.EMPTY)]
 
     def covered(self) -> np.ndarray:
         return self.used
