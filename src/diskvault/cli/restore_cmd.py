@@ -47,22 +47,34 @@ def transfer_report(result: dict, target: str, verb: str) -> str:
     return "\n".join([line] + [f"note: {n}" for n in result["plan"].get("notes", [])])
 
 
+# options restore and clone share
+LAYOUT = typer.Option("exact", "--layout", help=LAYOUT_HELP)
+RESIZE = typer.Option(None, "--resize", help=RESIZE_HELP)
+DRY_RUN = typer.Option(False, "--dry-run", help="Print the layout plan; write nothing.")
+DELTA = typer.Option(False, "--delta", help="Rapid Delta: write only what differs on the target.")
+TRIM = typer.Option(True, "--trim/--no-trim", help="Discard free space (TRIM; holes in files).")
+SIZE = typer.Option(None, "--size", help="Size of a target file that does not exist yet.")
+TEMP_DIR = typer.Option(None, "--temp-dir", help="Where partitions being shrunk are staged.")
+YES = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
+JSON_OUT = typer.Option(False, "--json", help="Print the result as JSON.")
+
+
 @handle_errors
 def restore(
     image: str = typer.Argument(..., help="Image file."),
     target: str = typer.Argument(..., help="Block device, or image file (created if missing)."),
     partitions: str = typer.Option(None, "--partitions", help="Only these partitions, e.g. 1,3."),
-    layout: str = typer.Option("exact", "--layout", help=LAYOUT_HELP),
-    resize: list[str] = typer.Option(None, "--resize", help=RESIZE_HELP),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the layout plan; write nothing."),
-    delta: bool = typer.Option(False, "--delta", help="Rapid Delta: write only what differs on the target."),
-    trim: bool = typer.Option(True, "--trim/--no-trim", help="Discard free space (TRIM; holes in files)."),
-    size: str = typer.Option(None, "--size", help="Size of a target file that does not exist yet."),
-    temp_dir: str = typer.Option(None, "--temp-dir", help="Where partitions being shrunk are staged."),
+    layout: str = LAYOUT,
+    resize: list[str] = RESIZE,
+    dry_run: bool = DRY_RUN,
+    delta: bool = DELTA,
+    trim: bool = TRIM,
+    size: str = SIZE,
+    temp_dir: str = TEMP_DIR,
     password_file: str = PASSWORD_FILE,
     password_env: str = PASSWORD_ENV,
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    yes: bool = YES,
+    json_out: bool = JSON_OUT,
 ) -> None:
     """Write an image back to a disk or an image file, at its layout or resized to fit the target.
     Refuses mounted, busy or too-small targets."""
