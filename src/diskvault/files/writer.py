@@ -39,7 +39,8 @@ class ArchiveWriter(ContainerWriter):
         super().__init__(directory, header, split_size, sealer)
 
     def _part_path(self, part: int) -> str:
-        return os.path.join(self.directory, archive_file_name(self.header.set_id, self.header.increment, part))
+        name = archive_file_name(self.header.set_id, self.header.increment, part)
+        return os.path.join(self.directory, name)
 
     def add_chunk(self, content_hash: bytes, length: int, encode: Callable[[], tuple[int, bytes]]) -> bool:
         """Store a chunk unless its hash is already in the set. ``encode`` (run outside the lock)

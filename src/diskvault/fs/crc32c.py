@@ -32,7 +32,8 @@ def _tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     for p in range(_CHUNK - 1, -1, -1):
         pos[p] = cur
         cur = step(cur)
-    shift = np.arange(256, dtype=np.uint32)[None, :] << (np.uint32(8) * np.arange(4, dtype=np.uint32))[:, None]
+    byte_shifts = np.uint32(8) * np.arange(4, dtype=np.uint32)
+    shift = np.arange(256, dtype=np.uint32)[None, :] << byte_shifts[:, None]
     for _ in range(_CHUNK):
         shift = step(shift)
     return t, pos, shift
