@@ -6,6 +6,15 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from diskutil import close_test_fds  # noqa: E402 - needs the path above
+
+
+@pytest.fixture(autouse=True)
+def _close_test_fds():
+    """Descriptors a test opened with diskutil.open_fd (readers keep them) are closed after it."""
+    yield
+    close_test_fds()
+
 
 def _our_loops(base: str) -> set[str]:
     """Loop devices whose backing file lies under this run's temporary folder."""

@@ -8,9 +8,16 @@ import hashlib
 import os
 import random
 import stat
+import struct
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from diskvault.fs import base
 
 MiB = 1 << 20
 LINUX = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
@@ -18,6 +25,93 @@ LINUX = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 
 def sh(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(list(args), input=input, text=True, capture_output=True, check=check)
+
+
+def garbage_file(path: str | Path, size: int, seed: int) -> None:
+    """``size`` bytes of seeded random junk, as on a used disk: mkfs run on it without discarding
+    leaves the junk in free space, which an image must not need."""
+    rng = np.random.default_rng(seed)
+    with open(path, "wb") as f:
+        f.writelines(rng.bytes(min(MiB, size - off)) for off in range(0, size, MiB))
+
+
+def patch(path: str | Path, offset: int, fmt: str, value) -> None:
+    """Overwrite one packed value in place (to damage a structure on purpose)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(struct.pack(fmt, value))
+
+
+_TEST_FDS: list[int] = []
+
+
+def open_fd(path: str | Path) -> int:
+    """A read-only descriptor that stays open for the rest of the test (conftest closes it)."""
+    fd = os.open(path, os.O_RDONLY)
+    _TEST_FDS.append(fd)
+    return fd
+
+
+def close_test_fds() -> None:
+    while _TEST_FDS:
+        os.close(_TEST_FDS.pop())
+
+
+def open_fs_reader(reader_cls, img: str | Path, offset: int = 0, size: int | None = None):
+    """``reader_cls`` on ``img`` (or the window ``offset``, ``size`` of it), after its probe agrees."""
+    fd = open_fd(img)
+    win = base.Window(fd, offset, os.fstat(fd).st_size - offset if size is None else size)
+    assert reader_cls.probe(win, win.size)
+    return reader_cls(win, win.size)
+
+
+def gpt_disk(tmp_path: Path, fs_img: Path, type_guid: str) -> tuple[Path, int, int]:
+    """A GPT disk holding ``fs_img`` in partition 1 at 1 MiB, 1 MiB of table area after it (sfdisk
+    + dd conv=notrunc). Returns the disk, the partition's start and its size."""
+    size = fs_img.stat().st_size
+    disk = tmp_path / "disk.img"
+    with open(disk, "wb") as f:
+        f.truncate(size + 2 * MiB)
+    sh("sfdisk", "-q", str(disk), input=f"label: gpt\nstart=2048, size={size // 512}, type={type_guid}\n")
+    sh("dd", f"if={fs_img}", f"of={disk}", "bs=1M", "seek=1", "conv=notrunc", "status=none")
+    return disk, MiB, size
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """relative path -> sha256 ('dir' for directories) of everything under ``root``."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        out[str(p.relative_to(root))] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def make_fat_tree(root: Path, seed: int, files: int = 40, max_size: int = 200_000,
+                  unicode: bool = False) -> Path:
+    """Nested directories (long, mixed-case names with spaces), files of varied sizes: random, text,
+    zeros. ``unicode``: exFAT's names (Unicode directory and file names), else plain ones for FAT."""
+    rng = np.random.default_rng(seed)
+    deep = root / "déjà vu" / "a" / "b" if unicode else root / "deep" / "a" / "b" / "c"
+    dirs = [root, root / "Docs", root / "Long Directory Name" / "Sub dir", deep]
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    (root / "Empty Folder").mkdir()
+    if unicode:
+        fixed = [0, 1, 511, 512, 4095, 4096, 65537, 131073]
+    else:
+        fixed = [0, 1, 511, 512, 513, 4095, 4096, 65537]
+    for i in range(files):
+        size = fixed[i] if i < len(fixed) else int(rng.integers(0, max_size))
+        kind = i % 3
+        if kind == 0:
+            data = rng.bytes(size)
+        elif kind == 1:
+            data = (f"line {i} of a text file\n" * (size // 24 + 1)).encode()[:size]
+        else:
+            data = bytes(size)
+        odd_name = f"Ünïcode {i}.dat" if unicode else f"Z{i}.DAT"
+        name = [f"File number {i}.bin", f"text-{i}.txt", odd_name][kind]
+        (dirs[i % len(dirs)] / name).write_bytes(data)
+    return root
 
 
 def make_tree(root: str, seed: int = 1, files: int = 60, max_size: int = 300_000) -> None:
@@ -122,8 +216,10 @@ def build_disk(path: str, parts: list[Part], label: str = "gpt", disk_mib: int |
 
 
 @contextlib.contextmanager
-def loop_device(path: str, offset: int = 0, size: int | None = None, read_only: bool = False) -> Iterator[str]:
-    """Attach ``path`` (or a window of it) to a loop device; always detached by name."""
+def loop_device(path: str | Path, offset: int = 0, size: int | None = None, read_only: bool = False,
+                sector_size: int | None = None) -> Iterator[str]:
+    """Attach ``path`` (or a window of it) to a loop device; always detached by name, and waited
+    for (a busy device is detached on its last close)."""
     args = ["losetup", "-f", "--show"]
     if offset:
         args += ["-o", str(offset)]
@@ -131,17 +227,24 @@ def loop_device(path: str, offset: int = 0, size: int | None = None, read_only: 
         args += ["--sizelimit", str(size)]
     if read_only:
         args.append("-r")
-    dev = sh(*args, path).stdout.strip()
+    if sector_size:
+        args += ["-b", str(sector_size)]
+    dev = sh(*args, str(path)).stdout.strip()
     try:
         yield dev
     finally:
         sh("losetup", "-d", dev, check=False)
+        backing = Path(f"/sys/block/{os.path.basename(dev)}/loop/backing_file")
+        for _ in range(100):
+            if not backing.exists():
+                break
+            time.sleep(0.05)
 
 
 @contextlib.contextmanager
-def mounted(dev: str, mountpoint: str, options: str = "ro") -> Iterator[str]:
+def mounted(dev: str, mountpoint: str, options: str = "ro", fstype: str | None = None) -> Iterator[str]:
     os.makedirs(mountpoint, exist_ok=True)
-    sh("mount", "-o", options, dev, mountpoint)
+    sh("mount", *(["-t", fstype] if fstype else []), "-o", options, dev, mountpoint)
     try:
         yield mountpoint
     finally:
@@ -204,9 +307,14 @@ def fat_manifest(image: str, workdir: str) -> dict[str, tuple]:
 
 def extract(disk: str, part: "Part", path: str) -> str:
     """Copy a partition's bytes to a file of its own (for tools that want a file)."""
+    return extract_range(disk, part.start, part.size, path)
+
+
+def extract_range(disk: str | Path, start: int, size: int, path: str | Path) -> str | Path:
+    """Copy ``size`` bytes at ``start`` of ``disk`` to a file of their own."""
     with open(disk, "rb") as src, open(path, "wb") as dst:
-        src.seek(part.start)
-        left = part.size
+        src.seek(start)
+        left = size
         while left:
             chunk = src.read(min(left, 4 * MiB))
             dst.write(chunk)

@@ -1,36 +1,21 @@
 """docs/FILES-FORMAT.md matches files/layout.py; headers, footers and catalog records round-trip."""
 
 import dataclasses
-import os
-import re
 import struct
 
 import pytest
+from formatdoc import contiguous, field_table, read_doc
 
 from diskvault.files.catalog import Entry, decode, iter_entries, scan
 from diskvault.files.layout import ENTRY, INDEX_DTYPE, ArchiveFooter, ArchiveHeader, Section, struct_sizes
 
-DOC = open(os.path.join(os.path.dirname(__file__), "..", "docs", "FILES-FORMAT.md")).read()
-
-
-def _table(title: str) -> list[tuple[int, int, str]]:
-    part = DOC.split(title, 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| (\d+) \| (\d+) \| [^|]+ \| (\w+) \|", part, re.MULTILINE)
-    return [(int(o), int(s), f) for o, s, f in rows]
-
-
-def _contiguous(rows) -> int:
-    pos = 0
-    for off, size, name in rows:
-        assert off == pos, f"gap or overlap at {off} ({name})"
-        pos += size
-    return pos
+DOC = read_doc("FILES-FORMAT.md")
 
 
 def test_header_table_matches_struct():
-    rows = _table("## 4. Header")
+    rows = field_table(DOC, "## 4. Header")
     sizes = struct_sizes()
-    assert _contiguous(rows) == sizes["header"]
+    assert contiguous(rows) == sizes["header"]
     documented = {f for _, _, f in rows}
     for f in dataclasses.fields(ArchiveHeader):
         assert f.name in documented, f.name
@@ -39,14 +24,14 @@ def test_header_table_matches_struct():
 
 def test_index_entry_footer_tables_match():
     sizes = struct_sizes()
-    rows = _table("## 6. Index section")
-    assert _contiguous(rows) == INDEX_DTYPE.itemsize == 64
+    rows = field_table(DOC, "## 6. Index section")
+    assert contiguous(rows) == INDEX_DTYPE.itemsize == 64
     for off, size, name in rows:
         assert INDEX_DTYPE.fields[name][1] == off and INDEX_DTYPE.fields[name][0].itemsize == size
-    assert _contiguous(_table("## 7. Catalog section")) == sizes["entry_fixed"] == ENTRY.size
-    assert _contiguous(_table("## 9. Sections")) == sizes["section"]
-    rows = _table("## 10. Footer")
-    assert _contiguous(rows) == sizes["footer"]
+    assert contiguous(field_table(DOC, "## 7. Catalog section")) == sizes["entry_fixed"] == ENTRY.size
+    assert contiguous(field_table(DOC, "## 9. Sections")) == sizes["section"]
+    rows = field_table(DOC, "## 10. Footer")
+    assert contiguous(rows) == sizes["footer"]
     assert [o for o, _, f in rows if f == "index"][0] == sizes["footer_fixed"]
     assert [o for o, _, f in rows if f == "reserved" and o > 100][0] == sizes["footer_used"]
     assert f"{sizes['chunk_ref']} bytes each" in DOC and f"{sizes['xattr_head']}-byte head" in DOC

@@ -1,36 +1,19 @@
 """docs/FORMAT.md matches layout.py; structures round-trip."""
 
-import os
-import re
-
 import numpy as np
+from formatdoc import contiguous, field_table, read_doc
 
 from diskvault.format.layout import (INDEX_DTYPE, EXTENTS_DTYPE, Footer, Header, Section,
                                      header_fields, struct_sizes)
 from diskvault.fs import extents as ext
 
-DOC = open(os.path.join(os.path.dirname(__file__), "..", "docs", "FORMAT.md")).read()
-
-
-def _table(title: str) -> list[tuple[int, int, str]]:
-    """(offset, size, field) rows of the table under the heading containing ``title``."""
-    part = DOC.split(title, 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| (\d+) \| (\d+) \| [^|]+ \| (\w+) \|", part, re.MULTILINE)
-    return [(int(o), int(s), f) for o, s, f in rows]
-
-
-def _contiguous(rows):
-    pos = 0
-    for off, size, _ in rows:
-        assert off == pos, f"gap or overlap at {off}"
-        pos += size
-    return pos
+DOC = read_doc("FORMAT.md")
 
 
 def test_header_table_matches_struct():
-    rows = _table("## 4. Header")
+    rows = field_table(DOC, "## 4. Header")
     sizes = struct_sizes()
-    assert _contiguous(rows) == sizes["header"]
+    assert contiguous(rows) == sizes["header"]
     documented = {f for _, _, f in rows}
     for name in header_fields():
         if name not in ("version",):
@@ -40,19 +23,19 @@ def test_header_table_matches_struct():
 
 
 def test_index_and_extent_tables_match_dtypes():
-    rows = _table("## 6. Index section")
-    assert _contiguous(rows) == INDEX_DTYPE.itemsize == 64
+    rows = field_table(DOC, "## 6. Index section")
+    assert contiguous(rows) == INDEX_DTYPE.itemsize == 64
     assert [f for _, _, f in rows] == list(INDEX_DTYPE.names)
     for off, size, name in rows:
         assert INDEX_DTYPE.fields[name][1] == off and INDEX_DTYPE.fields[name][0].itemsize == size
-    rows = _table("## 7. Extents section")
-    assert _contiguous(rows) == EXTENTS_DTYPE.itemsize
+    rows = field_table(DOC, "## 7. Extents section")
+    assert contiguous(rows) == EXTENTS_DTYPE.itemsize
 
 
 def test_footer_and_section_tables_match():
     sizes = struct_sizes()
-    assert _contiguous(_table("## 9. Sections")) == sizes["section"]
-    assert _contiguous(_table("## 10. Footer")) == sizes["footer"]
+    assert contiguous(field_table(DOC, "## 9. Sections")) == sizes["section"]
+    assert contiguous(field_table(DOC, "## 10. Footer")) == sizes["footer"]
 
 
 def test_header_footer_roundtrip_and_crc():

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from diskutil import LINUX, loop_device, make_tree, manifest, mounted
+from diskutil import LINUX, loop_device, make_tree, manifest, mounted, open_fd, open_fs_reader
+from diskutil import patch as patch_bytes
 
 from diskvault.errors import FilesystemError
 from diskvault.fs import base
@@ -66,23 +67,8 @@ def btrfs_loop(path: Path, offset: int = 0, size: int | None = None, read_only: 
             run("btrfs", "device", "scan", "--forget", dev, check=False)
 
 
-_FDS: list[int] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_fds():
-    yield
-    while _FDS:
-        os.close(_FDS.pop())
-
-
 def open_reader(img: Path, offset: int = 0, size: int | None = None) -> BtrfsReader:
-    fd = os.open(img, os.O_RDONLY)
-    _FDS.append(fd)
-    size = os.fstat(fd).st_size - offset if size is None else size
-    win = base.Window(fd, offset, size)
-    assert BtrfsReader.probe(win, win.size)
-    return BtrfsReader(win, win.size)
+    return open_fs_reader(BtrfsReader, img, offset, size)
 
 
 def dump_super(img: Path) -> dict[str, str]:
@@ -226,8 +212,7 @@ def test_probe(tmp_path, monkeypatch):
         run("mkfs.vfat", vfat)
     img = make_btrfs(tmp_path / "fs.img", 128)
     for path, want in ((zero, None), (ext4, "ext"), (vfat, "fat"), (img, "btrfs")):
-        fd = os.open(path, os.O_RDONLY)
-        _FDS.append(fd)
+        fd = open_fd(path)
         win = base.Window(fd, 0, os.path.getsize(path))
         assert BtrfsReader.probe(win, win.size) == (want == "btrfs"), path.name
         found = base.probe(win)
@@ -236,7 +221,7 @@ def test_probe(tmp_path, monkeypatch):
             with pytest.raises(FilesystemError):
                 BtrfsReader(win, win.size)
     # too small a window for the superblock
-    assert not BtrfsReader.probe(base.Window(_FDS[-1], 0, 68 * 1024 - 1), 68 * 1024 - 1)
+    assert not BtrfsReader.probe(base.Window(fd, 0, 68 * 1024 - 1), 68 * 1024 - 1)  # fd: the btrfs image
 
 
 def test_fs_inside_a_larger_window_at_an_offset(tmp_path):
@@ -261,9 +246,7 @@ def fix_super_csum(img: Path) -> None:
 
 
 def patch(img: Path, offset: int, fmt: str, value, fix: bool = True) -> None:
-    with open(img, "r+b") as f:
-        f.seek(offset)
-        f.write(struct.pack(fmt, value))
+    patch_bytes(img, offset, fmt, value)
     if fix and C.SUPER_INFO_OFFSET <= offset < C.SUPER_INFO_OFFSET + C.SUPER_INFO_SIZE:
         fix_super_csum(img)
 
@@ -312,8 +295,7 @@ def test_corrupt_superblock_raises(tmp_path, pristine, case):
     if callable(value):
         value = value(open_reader(img).sb)
     patch(img, *sb_field(name), value)
-    fd = os.open(img, os.O_RDONLY)
-    _FDS.append(fd)
+    fd = open_fd(img)
     win = base.Window(fd, 0, os.path.getsize(img))
     with pytest.raises(FilesystemError, match=match):
         BtrfsReader(win, win.size).used_extents()
@@ -322,8 +304,7 @@ def test_corrupt_superblock_raises(tmp_path, pristine, case):
 def test_bad_superblock_checksum(tmp_path, pristine):
     img = fresh_copy(pristine, tmp_path)
     patch(img, *sb_field("label"), b"changed", fix=False)
-    fd = os.open(img, os.O_RDONLY)
-    _FDS.append(fd)
+    fd = open_fd(img)
     win = base.Window(fd, 0, os.path.getsize(img))
     assert not BtrfsReader.probe(win, win.size)
     with pytest.raises(FilesystemError, match="checksum"):

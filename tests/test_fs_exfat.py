@@ -8,7 +8,6 @@ fsck.exfat -n the restored partition and read every file back through exfat-fuse
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import shutil
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from diskutil import (extract_range, garbage_file, gpt_disk, loop_device, make_fat_tree, open_fd,
+                      open_fs_reader, patch, tree_hashes)
 
 from diskvault.errors import FilesystemError
 from diskvault.fs import base, registry
@@ -41,36 +42,13 @@ def run(*args, input: str | None = None, check: bool = True) -> subprocess.Compl
                           check=check, env=ENV)
 
 
-# ----------------------------------------------------------------------------- loop + FUSE
-
-
-@contextlib.contextmanager
-def loop(path: Path, offset: int = 0, size: int | None = None, read_only: bool = False,
-         sector_size: int | None = None) -> Iterator[str]:
-    """A loop device on ``path`` (or a window of it); detached by name, and waited for, at the end."""
-    args = ["losetup", "-f", "--show", "-o", str(offset)]
-    if size:
-        args += ["--sizelimit", str(size)]
-    if read_only:
-        args.append("-r")
-    if sector_size:
-        args += ["-b", str(sector_size)]
-    dev = run(*args, path).stdout.strip()
-    try:
-        yield dev
-    finally:
-        run("losetup", "-d", dev, check=False)  # a busy device is detached on its last close
-        backing = Path(f"/sys/block/{os.path.basename(dev)}/loop/backing_file")
-        for _ in range(100):
-            if not backing.exists():
-                break
-            time.sleep(0.05)
+# ----------------------------------------------------------------------------- FUSE
 
 
 @contextlib.contextmanager
 def fuse_mount(img: Path, mnt: Path, offset: int = 0, size: int | None = None, ro: bool = False) -> Iterator[Path]:
     """exfat-fuse needs a block device: mount a loop device on ``img``; always unmounted."""
-    with loop(img, offset, size, read_only=ro) as dev:
+    with loop_device(img, offset, size, read_only=ro) as dev:
         mnt.mkdir(exist_ok=True)
         run("mount.exfat-fuse", *(["-o", "ro"] if ro else []), dev, mnt)
         try:
@@ -89,33 +67,9 @@ def mkfs(tmp_path: Path, size_mib: int, *args: str, name: str = "fs.img") -> Pat
     """mkfs.exfat on a file first filled with random bytes: mkfs.exfat writes only the boot
     regions, FAT, bitmap, up-case table and root directory, so free clusters hold garbage."""
     img = tmp_path / name
-    rng = np.random.default_rng(size_mib)
-    with open(img, "wb") as f:
-        f.writelines(rng.bytes(MiB) for _ in range(size_mib))
+    garbage_file(img, size_mib * MiB, seed=size_mib)
     run("mkfs.exfat", *args, img)
     return img
-
-
-def make_tree(root: Path, seed: int, files: int = 40, max_size: int = 200_000) -> Path:
-    """Nested directories (long, Unicode, mixed-case names), files of varied sizes: random, text, zeros."""
-    rng = np.random.default_rng(seed)
-    dirs = [root, root / "Docs", root / "Long Directory Name" / "Sub dir", root / "déjà vu" / "a" / "b"]
-    for d in dirs:
-        d.mkdir(parents=True, exist_ok=True)
-    (root / "Empty Folder").mkdir()
-    fixed = [0, 1, 511, 512, 4095, 4096, 65537, 131073]
-    for i in range(files):
-        size = fixed[i] if i < len(fixed) else int(rng.integers(0, max_size))
-        kind = i % 3
-        if kind == 0:
-            data = rng.bytes(size)
-        elif kind == 1:
-            data = (f"line {i} of a text file\n" * (size // 24 + 1)).encode()[:size]
-        else:
-            data = bytes(size)
-        name = [f"File number {i}.bin", f"text-{i}.txt", f"Ünïcode {i}.dat"][kind]
-        (dirs[i % len(dirs)] / name).write_bytes(data)
-    return root
 
 
 def copy_in(src: Path, dest: Path) -> None:
@@ -134,8 +88,8 @@ def populate(img: Path, tmp_path: Path, variant: str, size_mib: int) -> int:
     used bytes statvfs reports on the mount (df's "Used")."""
     with fuse_mount(img, tmp_path / "mnt") as mnt:
         if variant != "empty":
-            copy_in(make_tree(tmp_path / "tree", seed=len(variant), files=30 if variant == "full" else 40,
-                              max_size=min(200_000, size_mib * 10_000)), mnt)
+            copy_in(make_fat_tree(tmp_path / "tree", seed=len(variant), files=30 if variant == "full" else 40,
+                                  max_size=min(200_000, size_mib * 10_000), unicode=True), mnt)
         if variant == "fragmented":
             (mnt / "frag").mkdir()
             rng = np.random.default_rng(5)
@@ -177,36 +131,6 @@ def exfat_used_bytes(img: Path) -> int:
     return 24 * ss + d["fat_length"] * ss + (d["clusters"] - d["free"]) * d["cluster_size"]
 
 
-def contents(root: Path) -> dict[str, str]:
-    """relative path -> sha256 ('dir' for directories) of everything under ``root``."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        out[str(p.relative_to(root))] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
-def gpt_disk(tmp_path: Path, fs_img: Path) -> tuple[Path, int, int]:
-    """A GPT disk holding ``fs_img`` in partition 1 at 1 MiB (sfdisk + dd conv=notrunc)."""
-    size = fs_img.stat().st_size
-    disk = tmp_path / "disk.img"
-    with open(disk, "wb") as f:
-        f.truncate(size + 2 * MiB)
-    run("sfdisk", "-q", disk, input=f"label: gpt\nstart=2048, size={size // 512}, type={MS_BASIC_DATA}\n")
-    run("dd", f"if={fs_img}", f"of={disk}", "bs=1M", "seek=1", "conv=notrunc", "status=none")
-    return disk, MiB, size
-
-
-def extract(disk: Path, start: int, size: int, out: Path) -> Path:
-    run("dd", f"if={disk}", f"of={out}", "bs=1M", f"skip={start // MiB}", f"count={size // MiB}", "status=none")
-    return out
-
-
-def patch(img: Path, offset: int, fmt: str, value) -> None:
-    with open(img, "r+b") as f:
-        f.seek(offset)
-        f.write(struct.pack(fmt, value))
-
-
 def fix_checksum(img: Path, sector_size: int = 512) -> None:
     """Recompute the main boot region's checksum sector after patching the boot sector."""
     with open(img, "r+b") as f:
@@ -215,23 +139,8 @@ def fix_checksum(img: Path, sector_size: int = 512) -> None:
         f.write(struct.pack("<I", boot_checksum(region, sector_size)) * (sector_size // 4))
 
 
-_FDS: list[int] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_fds():
-    yield
-    while _FDS:
-        os.close(_FDS.pop())
-
-
 def open_reader(img: Path, size: int | None = None, offset: int = 0) -> ExfatReader:
-    fd = os.open(img, os.O_RDONLY)
-    _FDS.append(fd)
-    size = os.fstat(fd).st_size - offset if size is None else size
-    win = base.Window(fd, offset, size)
-    assert ExfatReader.probe(win, win.size)
-    return ExfatReader(win, win.size)
+    return open_fs_reader(ExfatReader, img, offset, size)
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -260,7 +169,7 @@ def test_image_restore_roundtrip(tmp_path, monkeypatch, case):
         assert df_used > 0.9 * size_mib * MiB
     fs_used = exfat_used_bytes(fs_img)
     assert open_reader(fs_img).info().used_bytes == fs_used
-    disk, start, size = gpt_disk(tmp_path, fs_img)
+    disk, start, size = gpt_disk(tmp_path, fs_img, MS_BASIC_DATA)
 
     monkeypatch.setattr(registry, "READERS", [ExfatReader, *registry.READERS])
     (tmp_path / "img").mkdir()
@@ -280,17 +189,17 @@ def test_image_restore_roundtrip(tmp_path, monkeypatch, case):
     if variant != "full":
         assert res.bytes_read < size // 2
 
-    out_part = extract(restored, start, size, tmp_path / "out-part.img")
+    out_part = extract_range(restored, start, size, tmp_path / "out-part.img")
     fsck = run("fsck.exfat", "-n", out_part, check=False)
     assert fsck.returncode == 0 and "clean" in fsck.stdout, fsck.stdout + fsck.stderr
     with fuse_mount(disk, tmp_path / "src", start, size, ro=True) as mnt:
-        want = contents(mnt)
+        want = tree_hashes(mnt)
     with fuse_mount(restored, tmp_path / "dst", start, size, ro=True) as mnt:
-        got = contents(mnt)
+        got = tree_hashes(mnt)
     assert got == want
     assert (len(want) > 20) == (variant != "empty")
     if variant != "empty":
-        assert want == contents(tmp_path / "tree") | {
+        assert want == tree_hashes(tmp_path / "tree") | {
             k: v for k, v in want.items() if k.startswith("frag") or k == "BIG.BIN"
         }
 
@@ -343,7 +252,7 @@ def test_4k_sectors(tmp_path):
     img = tmp_path / "fs.img"
     with open(img, "wb") as f:
         f.truncate(64 * MiB)
-    with loop(img, sector_size=4096) as dev:
+    with loop_device(img, sector_size=4096) as dev:
         run("mkfs.exfat", "-L", "Sect4K", dev)
     reader = open_reader(img)
     assert reader.sector_size == 4096 and reader.info().label == "Sect4K"
@@ -381,7 +290,7 @@ def test_unicode_label_and_no_label(tmp_path):
 
 def test_fs_inside_a_larger_window_at_an_offset(tmp_path):
     img = mkfs(tmp_path, 16, "-L", "Offset")
-    disk, start, size = gpt_disk(tmp_path, img)
+    disk, start, size = gpt_disk(tmp_path, img, MS_BASIC_DATA)
     reader = open_reader(disk, offset=start, size=size + MiB // 2)
     assert np.array_equal(reader.used_extents(), open_reader(img).used_extents())
     assert reader.info().label == "Offset"
@@ -546,8 +455,7 @@ def test_truncated_partition_raises(tmp_path):
     img = mkfs(tmp_path, 16)
     with pytest.raises(FilesystemError, match="partition has only"):
         open_reader(img, size=8 * MiB)
-    fd = os.open(img, os.O_RDONLY)
-    _FDS.append(fd)
+    fd = open_fd(img)
     with pytest.raises(FilesystemError, match="truncated"):
         ExfatReader(base.Window(fd, 0, 4096), 4096)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import struct
 import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from diskutil import garbage_file, open_fs_reader, patch
 
 from diskvault.errors import FilesystemError
 from diskvault.fs import base
@@ -64,10 +64,10 @@ def make_fs(
     """mke2fs on a fresh image file; ``garbage`` first fills it with random bytes (and keeps
     mke2fs from discarding them) so structures mke2fs leaves unwritten hold junk, as on a used disk."""
     img = tmp_path / "fs.img"
-    with open(img, "wb") as f:
-        if garbage:
-            f.write(np.random.default_rng(99).integers(0, 256, size, dtype=np.uint8).tobytes())
-        else:
+    if garbage:
+        garbage_file(img, size, seed=99)
+    else:
+        with open(img, "wb") as f:
             f.truncate(size)
     args = ["mke2fs", "-q", "-F", *mkfs_args]
     if garbage:  # mke2fs keeps only the last -E: merge
@@ -82,22 +82,8 @@ def make_fs(
     return img
 
 
-_FDS: list[int] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_fds():
-    yield
-    while _FDS:
-        os.close(_FDS.pop())
-
-
 def open_reader(img: Path) -> ExtReader:
-    fd = os.open(img, os.O_RDONLY)
-    _FDS.append(fd)
-    win = base.Window(fd, 0, os.fstat(fd).st_size)
-    assert ExtReader.probe(win, win.size)
-    return ExtReader(win, win.size)
+    return open_fs_reader(ExtReader, img)
 
 
 def dumpe2fs_used(img: Path) -> tuple[np.ndarray, int, str]:
@@ -351,12 +337,6 @@ def test_free_count_mismatch_is_a_warning(tmp_path, tree):
     want, bs, _ = dumpe2fs_used(img)
     assert np.array_equal(extents_to_mask(reader.used_extents(), bs, want.size), want)
     assert "warning" in reader.info().note and "superblock" in reader.info().note
-
-
-def patch(img: Path, offset: int, fmt: str, value: int) -> None:
-    with open(img, "r+b") as f:
-        f.seek(offset)
-        f.write(struct.pack(fmt, value))
 
 
 SB = 1024

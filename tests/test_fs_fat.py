@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from diskutil import (extract_range, garbage_file, gpt_disk, make_fat_tree, open_fd, open_fs_reader, patch,
+                      tree_hashes)
 
 from diskvault.errors import FilesystemError
 from diskvault.fs import base, registry
@@ -44,33 +46,9 @@ def mkfs(tmp_path: Path, size_mib: int, *args: str, name: str = "fs.img") -> Pat
     """mkfs.fat on a file first filled with random bytes: mkfs.fat leaves the data area as it is,
     so free clusters hold garbage (which an image must not need)."""
     img = tmp_path / name
-    rng = np.random.default_rng(size_mib)
-    with open(img, "wb") as f:
-        f.writelines(rng.bytes(MiB) for _ in range(size_mib))
+    garbage_file(img, size_mib * MiB, seed=size_mib)
     run("mkfs.fat", *args, img)
     return img
-
-
-def make_tree(root: Path, seed: int, files: int = 40, max_size: int = 200_000) -> Path:
-    """Nested directories (long, mixed-case names with spaces), files of varied sizes: random, text, zeros."""
-    rng = np.random.default_rng(seed)
-    dirs = [root, root / "Docs", root / "Long Directory Name" / "Sub dir", root / "deep" / "a" / "b" / "c"]
-    for d in dirs:
-        d.mkdir(parents=True, exist_ok=True)
-    (root / "Empty Folder").mkdir()
-    fixed = [0, 1, 511, 512, 513, 4095, 4096, 65537]
-    for i in range(files):
-        size = fixed[i] if i < len(fixed) else int(rng.integers(0, max_size))
-        kind = i % 3
-        if kind == 0:
-            data = rng.bytes(size)
-        elif kind == 1:
-            data = (f"line {i} of a text file\n" * (size // 24 + 1)).encode()[:size]
-        else:
-            data = bytes(size)
-        name = [f"File number {i}.bin", f"text-{i}.txt", f"Z{i}.DAT"][kind]
-        (dirs[i % len(dirs)] / name).write_bytes(data)
-    return root
 
 
 def put(img: Path, src: Path, dest: str = "::/") -> None:
@@ -90,7 +68,7 @@ def populate(img: Path, tmp_path: Path, variant: str, size_mib: int) -> None:
     or "full" (a tree, then one file taking 95 % of the free space)."""
     if variant == "empty":
         return
-    put(img, make_tree(tmp_path / "tree", seed=len(variant), files=30 if variant == "full" else 40,
+    put(img, make_fat_tree(tmp_path / "tree", seed=len(variant), files=30 if variant == "full" else 40,
                        max_size=min(200_000, size_mib * 15_000)))
     if variant == "fragmented":
         frag = tmp_path / "frag"
@@ -141,51 +119,11 @@ def contents(img: Path, dest: Path) -> dict[str, str]:
     dest.mkdir()
     if listing(img):
         run("mcopy", "-i", img, "-s", "-n", "::/*", dest)
-    out = {}
-    for p in sorted(dest.rglob("*")):
-        out[str(p.relative_to(dest))] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
-def gpt_disk(tmp_path: Path, fs_img: Path) -> tuple[Path, int, int]:
-    """A GPT disk holding ``fs_img`` in partition 1 at 1 MiB (sfdisk + dd conv=notrunc)."""
-    size = fs_img.stat().st_size
-    disk = tmp_path / "disk.img"
-    with open(disk, "wb") as f:
-        f.truncate(size + 2 * MiB)
-    run("sfdisk", "-q", disk, input=f"label: gpt\nstart=2048, size={size // 512}, type={MS_BASIC_DATA}\n")
-    run("dd", f"if={fs_img}", f"of={disk}", "bs=1M", "seek=1", "conv=notrunc", "status=none")
-    return disk, MiB, size
-
-
-def extract(disk: Path, start: int, size: int, out: Path) -> Path:
-    run("dd", f"if={disk}", f"of={out}", "bs=1M", f"skip={start // MiB}", f"count={size // MiB}", "status=none")
-    return out
-
-
-def patch(img: Path, offset: int, fmt: str, value) -> None:
-    with open(img, "r+b") as f:
-        f.seek(offset)
-        f.write(struct.pack(fmt, value))
-
-
-_FDS: list[int] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_fds():
-    yield
-    while _FDS:
-        os.close(_FDS.pop())
+    return tree_hashes(dest)
 
 
 def open_reader(img: Path, size: int | None = None, offset: int = 0) -> FatReader:
-    fd = os.open(img, os.O_RDONLY)
-    _FDS.append(fd)
-    size = os.fstat(fd).st_size - offset if size is None else size
-    win = base.Window(fd, offset, size)
-    assert FatReader.probe(win, win.size)
-    return FatReader(win, win.size)
+    return open_fs_reader(FatReader, img, offset, size)
 
 
 def covered(ext: np.ndarray, start: int, length: int) -> bool:
@@ -222,7 +160,7 @@ def test_image_restore_roundtrip(tmp_path, monkeypatch, case):
     reader = open_reader(fs_img)
     assert reader.bits == bits
     assert reader.info().used_bytes == fs_used
-    disk, start, size = gpt_disk(tmp_path, fs_img)
+    disk, start, size = gpt_disk(tmp_path, fs_img, MS_BASIC_DATA)
 
     monkeypatch.setattr(registry, "READERS", [FatReader, *registry.READERS])
     (tmp_path / "img").mkdir()
@@ -241,8 +179,8 @@ def test_image_restore_roundtrip(tmp_path, monkeypatch, case):
     if variant != "full":
         assert res.bytes_read < size // 2
 
-    src_part = extract(disk, start, size, tmp_path / "src-part.img")
-    out_part = extract(restored, start, size, tmp_path / "out-part.img")
+    src_part = extract_range(disk, start, size, tmp_path / "src-part.img")
+    out_part = extract_range(restored, start, size, tmp_path / "out-part.img")
     fsck = run("fsck.fat", "-n", out_part, check=False)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     assert listing(out_part) == listing(src_part)
@@ -320,7 +258,7 @@ def blkid(img: Path) -> dict[str, str]:
 def test_info_matches_blkid(tmp_path, fat):
     size_mib = {"12": 4, "16": 32, "32": 64}[fat]
     img = mkfs(tmp_path, size_mib, "-F", fat, "-n", f"LABEL {fat}", "-i", "1234ABCD")
-    put(img, make_tree(tmp_path / "tree", seed=3, files=12))
+    put(img, make_fat_tree(tmp_path / "tree", seed=3, files=12))
     reader = open_reader(img)
     info = reader.info()
     blk = blkid(img)
@@ -378,8 +316,8 @@ def test_small_fat32_is_read_as_fat32_with_a_warning(tmp_path):
 
 def test_fs_inside_a_larger_window_at_an_offset(tmp_path):
     img = mkfs(tmp_path, 16, "-F", "16")
-    put(img, make_tree(tmp_path / "tree", seed=5, files=10))
-    disk, start, size = gpt_disk(tmp_path, img)
+    put(img, make_fat_tree(tmp_path / "tree", seed=5, files=10))
+    disk, start, size = gpt_disk(tmp_path, img, MS_BASIC_DATA)
     reader = open_reader(disk, offset=start, size=size + MiB // 2)
     assert np.array_equal(reader.used_extents(), open_reader(img).used_extents())
     with open(img, "rb") as f:  # any seekable binary file works, not only a Window
@@ -494,8 +432,7 @@ def test_corrupt_geometry_raises(tmp_path, case):
     size_mib = {"fat16_too_many_clusters": 40, "metadata_too_big": 16, "total_sectors16_beyond": 16}.get(case, 36)
     img = mkfs(tmp_path, size_mib, *args)
     patch(img, off, fmt, value)
-    fd = os.open(img, os.O_RDONLY)
-    _FDS.append(fd)
+    fd = open_fd(img)
     win = base.Window(fd, 0, os.fstat(fd).st_size)
     with pytest.raises(FilesystemError, match=msg):
         FatReader(win, win.size)
@@ -505,8 +442,7 @@ def test_truncated_partition_raises(tmp_path):
     img = mkfs(tmp_path, 16, "-F", "16")
     with pytest.raises(FilesystemError, match="partition has only"):
         open_reader(img, size=8 * MiB)
-    fd = os.open(img, os.O_RDONLY)
-    _FDS.append(fd)
+    fd = open_fd(img)
     with pytest.raises(FilesystemError, match="truncated"):
         FatReader(base.Window(fd, 0, 100), 100)
 
@@ -525,7 +461,7 @@ def test_dirty_volume_is_a_warning(tmp_path):
 
 def test_fat_copies_that_disagree_are_merged(tmp_path):
     img = mkfs(tmp_path, 16, "-F", "16")
-    put(img, make_tree(tmp_path / "tree", seed=6, files=8))
+    put(img, make_fat_tree(tmp_path / "tree", seed=6, files=8))
     reader = open_reader(img)
     before = reader.used_extents()
     stray = reader.clusters - 5  # mark a free cluster used in the second FAT only

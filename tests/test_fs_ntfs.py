@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from diskutil import loop_device, sha256_file
+from diskutil import garbage_file, gpt_disk, loop_device, open_fd, open_fs_reader, patch, sha256_file
 
 from diskvault.errors import FilesystemError
 from diskvault.fs import base
@@ -44,32 +44,17 @@ def run(*args: str | Path, check: bool = True) -> str:
 
 def make_ntfs(path: Path, size: int, *args: str, label: str = "DVTEST", garbage: bool = True) -> Path:
     """mkntfs -f (fast: free space keeps the random bytes written before, as on a used disk)."""
-    with open(path, "wb") as f:
-        if garbage:
-            rng = np.random.default_rng(size)
-            f.writelines(rng.bytes(min(8 * MiB, size - off)) for off in range(0, size, 8 * MiB))
-        else:
+    if garbage:
+        garbage_file(path, size, seed=size)
+    else:
+        with open(path, "wb") as f:
             f.truncate(size)
     run("mkntfs", "-F", "-q", "-f", "-L", label, *args, path)
     return path
 
 
-_FDS: list[int] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_fds():
-    yield
-    while _FDS:
-        os.close(_FDS.pop())
-
-
 def open_reader(img: Path, offset: int = 0, size: int | None = None) -> NtfsReader:
-    fd = os.open(img, os.O_RDONLY)
-    _FDS.append(fd)
-    win = base.Window(fd, offset, os.fstat(fd).st_size - offset if size is None else size)
-    assert NtfsReader.probe(win, win.size)
-    return NtfsReader(win, win.size)
+    return open_fs_reader(NtfsReader, img, offset, size)
 
 
 def ntfscat_bitmap(img: Path, clusters: int) -> np.ndarray:
@@ -189,16 +174,14 @@ def test_probe(tmp_path, monkeypatch):
             run(*cmd, p)
             others[name] = p
     for name, p in others.items():
-        fd = os.open(p, os.O_RDONLY)
-        _FDS.append(fd)
+        fd = open_fd(p)
         win = base.Window(fd, 0, os.fstat(fd).st_size)
         assert not NtfsReader.probe(win, win.size), name
         assert base.probe(win) is not NtfsReader
         with pytest.raises(FilesystemError):
             NtfsReader(win, win.size)
     img = make_ntfs(tmp_path / "n.img", 8 * MiB, garbage=False)
-    fd = os.open(img, os.O_RDONLY)
-    _FDS.append(fd)
+    fd = open_fd(img)
     assert base.probe(base.Window(fd, 0, 8 * MiB)) is NtfsReader
     assert not NtfsReader.probe(base.Window(fd, 0, 300), 300)
     with open(img, "rb") as f:  # any seekable binary file, not only a Window
@@ -430,12 +413,6 @@ def test_resident_bitmap_on_a_tiny_volume(tmp_path):
 # ----------------------------------------------------------------------------- corruption
 
 
-def patch(img: Path, offset: int, fmt: str, value) -> None:
-    with open(img, "r+b") as f:
-        f.seek(offset)
-        f.write(struct.pack(fmt, value))
-
-
 BOOT_CORRUPTIONS = {
     "bytes_per_sector_300": (0x0B, "<H", 300),
     "bytes_per_sector_8192": (0x0B, "<H", 8192),
@@ -457,8 +434,7 @@ BOOT_CORRUPTIONS = {
 def test_corrupt_boot_sector(tmp_path, case):
     img = make_ntfs(tmp_path / "fs.img", 8 * MiB, garbage=False)
     patch(img, *BOOT_CORRUPTIONS[case])
-    fd = os.open(img, os.O_RDONLY)
-    _FDS.append(fd)
+    fd = open_fd(img)
     win = base.Window(fd, 0, 8 * MiB)
     assert not NtfsReader.probe(win, win.size)
     with pytest.raises(FilesystemError):
@@ -540,8 +516,7 @@ RECORD_CORRUPTIONS = {f.__name__[8:]: f for f in (
 def test_corrupt_mft_records_raise(tmp_path, case):
     img = make_ntfs(tmp_path / "fs.img", 8 * MiB, garbage=False)
     RECORD_CORRUPTIONS[case](img)
-    fd = os.open(img, os.O_RDONLY)
-    _FDS.append(fd)
+    fd = open_fd(img)
     win = base.Window(fd, 0, 8 * MiB)
     assert NtfsReader.probe(win, win.size)  # the boot sector is fine
     with pytest.raises(FilesystemError):
@@ -743,14 +718,7 @@ def test_image_restore_roundtrip(tmp_path, monkeypatch, case):
     with ntfs3g(fs, tmp_path / "mnt", ro=False) as mnt:
         w = Writer(mnt, seed=size)
         populate(w, kind)
-    # a GPT disk: 1 MiB before the partition, 1 MiB after it (the table areas)
-    disk = tmp_path / "disk.img"
-    with open(disk, "wb") as f:
-        f.truncate(size + 2 * MiB)
-    table = f"label: gpt\nstart=2048, size={size // 512}, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7\n"
-    subprocess.run(["sfdisk", "-q", str(disk)], input=table, text=True, check=True, capture_output=True)
-    run("dd", f"if={fs}", f"of={disk}", "bs=1M", "seek=1", "conv=notrunc", "status=none")
-    start = MiB
+    disk, start, size = gpt_disk(tmp_path, fs, "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7")
 
     with loop_device(str(disk), start, size, read_only=True) as dev, ntfs3g(dev, tmp_path / "src") as mnt:
         st = os.statvfs(mnt)

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from diskutil import loop_device, make_tree, manifest
+from diskutil import (LINUX, garbage_file, gpt_disk, loop_device, make_tree, manifest, mounted, open_fd,
+                      open_fs_reader, patch)
 
 from diskvault.errors import FilesystemError
 from diskvault.fs import base
@@ -49,11 +50,11 @@ def run(*args: str | Path, check: bool = True, input: str | None = None) -> str:
 def mkfs(path: Path, size: int, *args: str, garbage: bool = True) -> Path:
     """mkfs.xfs on a fresh file; ``garbage`` fills it with random bytes first and -K keeps
     mkfs from discarding them, so free blocks hold junk as on a used disk."""
-    with open(path, "wb") as f:
-        if garbage:
-            rng = np.random.default_rng(size)
-            f.writelines(rng.integers(0, 256, MiB, dtype=np.uint8).tobytes() for _ in range(size // MiB))
-        f.truncate(size)
+    if garbage:
+        garbage_file(path, size, seed=size)
+    else:
+        with open(path, "wb") as f:
+            f.truncate(size)
     run("mkfs.xfs", "-q", "-f", "-K", "--unsupported", *args, path)
     return path
 
@@ -61,31 +62,13 @@ def mkfs(path: Path, size: int, *args: str, garbage: bool = True) -> Path:
 @contextlib.contextmanager
 def mount(img: Path | str, mnt: Path, offset: int = 0, size: int | None = None, ro: bool = False) -> Iterator[Path]:
     """A kernel mount of ``img`` (or a window of it) through a loop device; always undone."""
-    mnt.mkdir(parents=True, exist_ok=True)
-    with loop_device(str(img), offset, size, read_only=ro) as dev:
-        run("mount", "-t", "xfs", "-o", "ro,norecovery" if ro else "rw", dev, mnt)
-        try:
-            yield mnt
-        finally:
-            run("umount", mnt, check=False)
-
-
-_FDS: list[int] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_fds():
-    yield
-    while _FDS:
-        os.close(_FDS.pop())
+    with loop_device(img, offset, size, read_only=ro) as dev, \
+            mounted(dev, str(mnt), "ro,norecovery" if ro else "rw", fstype="xfs"):
+        yield mnt
 
 
 def open_reader(img: Path, offset: int = 0, size: int | None = None) -> XfsReader:
-    fd = os.open(img, os.O_RDONLY)
-    _FDS.append(fd)
-    win = base.Window(fd, offset, size if size is not None else os.fstat(fd).st_size - offset)
-    assert XfsReader.probe(win, win.size)
-    return XfsReader(win, win.size)
+    return open_fs_reader(XfsReader, img, offset, size)
 
 
 def xfs_db(img: Path, *cmds: str) -> str:
@@ -178,18 +161,6 @@ def populate(mnt: Path, kind: str) -> None:
         room = st.f_bavail * st.f_frsize - 256 * 1024  # all but 256 KiB of what users may fill
         write_random(mnt / "fill.bin", room, 3)
     os.sync()
-
-
-def build_disk(tmp_path: Path, fs: Path) -> tuple[Path, int, int]:
-    """A GPT disk: 1 MiB table area, the filesystem, 1 MiB backup table area."""
-    size = fs.stat().st_size
-    disk = tmp_path / "disk.img"
-    with open(disk, "wb") as f:
-        f.truncate(size + 2 * MiB)
-    table = f"label: gpt\nstart=2048, size={size // 512}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n"
-    run("sfdisk", "-q", disk, input=table)
-    run("dd", f"if={fs}", f"of={disk}", "bs=1M", "seek=1", "conv=notrunc", "status=none")
-    return disk, MiB, size
 
 
 # ----------------------------------------------------------------------------- free map vs xfs_db
@@ -313,7 +284,7 @@ def test_image_restore_roundtrip(tmp_path, monkeypatch, case):
         fs = mkfs(tmp_path / "fs.img", 48 * MiB, "-m", "crc=0", "-p", str(proto), "-L", "v4")
     else:
         fs = make_case(tmp_path, case)
-    disk, start, size = build_disk(tmp_path, fs)
+    disk, start, size = gpt_disk(tmp_path, fs, LINUX)
     assert_matches_xfs_db(fs)
     df_used = log_bytes = 0
     if case != "v4-proto":
@@ -441,7 +412,7 @@ def test_dirty_log_images_every_block(tmp_path, monkeypatch):
     from diskvault.imaging.inspect import describe_image
 
     monkeypatch.setattr(registry, "READERS", [XfsReader, *registry.READERS])
-    disk, _, _ = build_disk(tmp_path, dirty(tmp_path, 32 * MiB))
+    disk, _, _ = gpt_disk(tmp_path, dirty(tmp_path, 32 * MiB), LINUX)
     (tmp_path / "img").mkdir()
     res = create_image(ImageOptions(source=str(disk), to=str(tmp_path / "img")))
     (p,) = describe_image(res.image)["partitions"]
@@ -526,14 +497,12 @@ def test_probe(tmp_path, monkeypatch):
     run("mkfs.vfat", vfat)
     fs = mkfs(tmp_path / "fs.img", 32 * MiB, garbage=False)
     for path, want in ((zero, False), (other, False), (vfat, False), (fs, True)):
-        fd = os.open(path, os.O_RDONLY)
-        _FDS.append(fd)
+        fd = open_fd(path)
         win = base.Window(fd, 0, os.fstat(fd).st_size)
         assert XfsReader.probe(win, win.size) is want
         assert (base.probe(win) is XfsReader) is want
     assert not XfsReader.probe(base.Window(fd, 0, 300), 300)
-    fd = os.open(zero, os.O_RDONLY)
-    _FDS.append(fd)
+    fd = open_fd(zero)
     with pytest.raises(FilesystemError):
         XfsReader(base.Window(fd, 0, MiB), MiB)
 
@@ -586,12 +555,6 @@ def test_large_filesystem_is_fast(tmp_path):
 # ----------------------------------------------------------------------------- corruption
 
 
-def patch(img: Path, offset: int, fmt: str, value) -> None:
-    with open(img, "r+b") as f:
-        f.seek(offset)
-        f.write(struct.pack(fmt, value))
-
-
 SB_CORRUPTIONS = {  # on a v4 image (no superblock CRC to trip first)
     "blocksize-not-power-of-2": (4, ">I", 3000),
     "blocklog": (120, ">B", 11),
@@ -613,8 +576,7 @@ SB_CORRUPTIONS = {  # on a v4 image (no superblock CRC to trip first)
 def test_corrupt_superblock_raises(tmp_path, case):
     fs = mkfs(tmp_path / "fs.img", 32 * MiB, "-m", "crc=0", garbage=False)
     patch(fs, *SB_CORRUPTIONS[case])
-    fd = os.open(fs, os.O_RDONLY)
-    _FDS.append(fd)
+    fd = open_fd(fs)
     win = base.Window(fd, 0, 32 * MiB)
     with pytest.raises(FilesystemError):
         XfsReader(win, win.size).used_extents()
@@ -690,8 +652,7 @@ def test_unsupported_incompat_features_are_refused(tmp_path):
 
 def test_truncated_window_raises(tmp_path):
     fs = mkfs(tmp_path / "fs.img", 32 * MiB, garbage=False)
-    fd = os.open(fs, os.O_RDONLY)
-    _FDS.append(fd)
+    fd = open_fd(fs)
     win = base.Window(fd, 0, 8 * MiB)
     assert XfsReader.probe(win, win.size)
     with pytest.raises(FilesystemError, match="partition"):

@@ -5,11 +5,11 @@ zeros; ``data_ranges()`` names the rest so extraction can keep files sparse with
 from __future__ import annotations
 
 import bisect
-import io
 from collections.abc import Callable
 from typing import NamedTuple
 
 from diskvault.errors import FilesystemError
+from diskvault.readat import ReadAtFile
 
 ZERO = -1  # physical block of a run that reads as zeros (an unwritten extent)
 
@@ -20,40 +20,24 @@ class Run(NamedTuple):
     count: int  # blocks
 
 
-class RunFile(io.RawIOBase):
+class RunFile(ReadAtFile):
     """Read-only, seekable view of ``size`` bytes laid out by ``runs`` (in units of ``block_size``)."""
 
     def __init__(self, read_at: Callable[[int, int], bytes], runs: list[Run], size: int, block_size: int,
                  what: str = "file") -> None:
-        super().__init__()
-        self._read_at, self._bs, self._size, self._what = read_at, block_size, size, what
+        super().__init__(size, self._read_runs)
+        self._fs_read_at, self._bs, self._what = read_at, block_size, what
         self._runs = sorted((r for r in runs if r.count > 0), key=lambda r: r.logical)
         self._starts = [r.logical for r in self._runs]
-        self._pos = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + pos)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        view = memoryview(buffer).cast("B")
-        want = max(0, min(len(view), self._size - self._pos))
+    def _read_runs(self, pos: int, length: int) -> bytes:
+        """The file's ``length`` bytes at ``pos`` (ReadAtFile asks only within ``size``)."""
+        buf = bytearray(length)
+        view = memoryview(buf)
         done = 0
-        while done < want:
-            n = self._fill(view[done:want], self._pos + done)
-            done += n
-        self._pos += done
-        return done
+        while done < length:
+            done += self._fill(view[done:], pos + done)
+        return bytes(buf)
 
     def _fill(self, view: memoryview, pos: int) -> int:
         """Fill the start of ``view`` with the bytes at ``pos``, up to the end of a run or hole."""
@@ -67,7 +51,7 @@ class RunFile(io.RawIOBase):
             if run.physical == ZERO:
                 view[:n] = bytes(n)
                 return n
-            data = self._read_at((run.physical - run.logical) * bs + pos, n)
+            data = self._fs_read_at((run.physical - run.logical) * bs + pos, n)
             if len(data) != n:
                 raise FilesystemError(f"{self._what}: block {run.physical + block - run.logical} lies "
                                       f"beyond the end of the filesystem")
@@ -92,7 +76,3 @@ class RunFile(io.RawIOBase):
             else:
                 out.append((start, end - start))
         return out
-
-    @property
-    def size(self) -> int:
-        return self._size

@@ -10,16 +10,27 @@ from __future__ import annotations
 
 import re
 import struct
-import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from diskvault.format.container import (
+    FOOTER_SIZE,
+    HEADER_SIZE,
+    SECTION,
+    Section,
+    check_footer,
+    check_header,
+    check_version,
+    pack_sections,
+    seal_block,
+    text_field,
+    unpack_sections,
+)
+
 FORMAT_VERSION = 1
 HEADER_MAGIC = b"DVBAK\r\n\x1a"
 FOOTER_MAGIC = b"DVBAKEND"
-HEADER_SIZE = 4096
-FOOTER_SIZE = 256
 SUFFIX = ".dvbak"
 NAME_RE = re.compile(r"^([0-9A-F]{16})-(\d{2})-(\d{2})\.dvbak$")
 
@@ -32,11 +43,6 @@ CHUNK_MIN, CHUNK_AVG, CHUNK_MAX = 512 << 10, 1 << 20, 8 << 20
 CHUNKER_NAME = "fastcdc2020-nc1"
 
 _HEADER = struct.Struct("<8sHHI8sHHQBBH32s16s16s16s16s16s32s32sIII32sIII")
-_HEADER_CRC_OFFSET = HEADER_SIZE - 4
-
-
-def _name(raw: bytes) -> str:
-    return raw.rstrip(b"\0").decode("ascii", "replace")
 
 
 def archive_file_name(set_id: bytes, increment: int = 0, split_part: int = 0) -> str:
@@ -84,29 +90,22 @@ class ArchiveHeader:
             self.cipher_name.encode(), self.kdf_name.encode(), self.writer.encode()[:32], self.kdf_salt,
             self.kdf_time, self.kdf_memory_kib, self.kdf_parallelism, self.key_check,
             self.chunk_min, self.chunk_avg, self.chunk_max)
-        body = fixed.ljust(_HEADER_CRC_OFFSET, b"\0")
-        return body + struct.pack("<I", zlib.crc32(body))
+        return seal_block(fixed, HEADER_SIZE)
 
     @classmethod
     def unpack(cls, raw: bytes) -> ArchiveHeader:
         """Parse and check a header; raises ValueError with the reason."""
-        if len(raw) < HEADER_SIZE:
-            raise ValueError("file is shorter than a header")
-        if raw[:8] != HEADER_MAGIC:
-            raise ValueError("bad magic")
-        (crc,) = struct.unpack_from("<I", raw, _HEADER_CRC_OFFSET)
-        if zlib.crc32(raw[:_HEADER_CRC_OFFSET]) != crc:
-            raise ValueError("header checksum mismatch (damaged header)")
+        check_header(raw, HEADER_MAGIC)
         (_, version, _, flags, set_id, increment, split_part, created_ns, archive_type, _, parent_increment,
          parent_digest, hash_name, codec_name, chunker_name, cipher_name, kdf_name, writer, kdf_salt,
          kdf_time, kdf_memory_kib, kdf_parallelism, key_check, chunk_min, chunk_avg,
          chunk_max) = _HEADER.unpack_from(raw)
-        if version != FORMAT_VERSION:
-            raise ValueError(f"format version {version} is not supported (this diskvault reads {FORMAT_VERSION})")
+        check_version(version, FORMAT_VERSION)
         return cls(set_id=set_id, increment=increment, split_part=split_part, created_ns=created_ns,
                    archive_type=archive_type, parent_increment=parent_increment, parent_digest=parent_digest,
-                   hash_name=_name(hash_name), codec_name=_name(codec_name), chunker_name=_name(chunker_name),
-                   cipher_name=_name(cipher_name), kdf_name=_name(kdf_name), writer=_name(writer),
+                   hash_name=text_field(hash_name), codec_name=text_field(codec_name),
+                   chunker_name=text_field(chunker_name), cipher_name=text_field(cipher_name),
+                   kdf_name=text_field(kdf_name), writer=text_field(writer),
                    kdf_salt=kdf_salt, kdf_time=kdf_time, kdf_memory_kib=kdf_memory_kib,
                    kdf_parallelism=kdf_parallelism, key_check=key_check, chunk_min=chunk_min,
                    chunk_avg=chunk_avg, chunk_max=chunk_max, flags=flags, version=version)
@@ -116,17 +115,7 @@ SECTION_INDEX, SECTION_CATALOG, SECTION_METADATA = 0, 1, 2
 SECTION_COUNT = 3
 SECTION_NAMES = {SECTION_INDEX: "index", SECTION_CATALOG: "catalog", SECTION_METADATA: "metadata"}
 
-_SECTION = struct.Struct("<QQQ24s")  # offset, stored_length, raw_length, blake3-192 of the stored bytes
 _FOOTER = struct.Struct("<8s8sHHIQQQQ")  # magic, set_id, increment, reserved, part_count, counts
-_FOOTER_CRC_OFFSET = FOOTER_SIZE - 4
-
-
-@dataclass
-class Section:
-    offset: int = 0
-    stored_length: int = 0
-    raw_length: int = 0
-    digest: bytes = b"\0" * 24
 
 
 @dataclass
@@ -143,23 +132,15 @@ class ArchiveFooter:
     sections: list[Section] = field(default_factory=lambda: [Section() for _ in range(SECTION_COUNT)])
 
     def pack(self) -> bytes:
-        out = bytearray(_FOOTER.pack(FOOTER_MAGIC, self.set_id, self.increment, 0, self.part_count,
-                                     self.chunk_count, self.stored_bytes, self.logical_bytes, self.entry_count))
-        for s in self.sections:
-            out += _SECTION.pack(s.offset, s.stored_length, s.raw_length, s.digest)
-        body = bytes(out).ljust(_FOOTER_CRC_OFFSET, b"\0")
-        return body + struct.pack("<I", zlib.crc32(body))
+        fixed = _FOOTER.pack(FOOTER_MAGIC, self.set_id, self.increment, 0, self.part_count,
+                             self.chunk_count, self.stored_bytes, self.logical_bytes, self.entry_count)
+        return seal_block(fixed + pack_sections(self.sections), FOOTER_SIZE)
 
     @classmethod
     def unpack(cls, raw: bytes) -> ArchiveFooter:
-        if len(raw) != FOOTER_SIZE or raw[:8] != FOOTER_MAGIC:
-            raise ValueError("no footer")
-        (crc,) = struct.unpack_from("<I", raw, _FOOTER_CRC_OFFSET)
-        if zlib.crc32(raw[:_FOOTER_CRC_OFFSET]) != crc:
-            raise ValueError("footer checksum mismatch (damaged footer)")
+        check_footer(raw, FOOTER_MAGIC)
         _, set_id, increment, _, part_count, chunks, stored, logical, entries = _FOOTER.unpack_from(raw)
-        sections = [Section(*_SECTION.unpack_from(raw, _FOOTER.size + i * _SECTION.size))
-                    for i in range(SECTION_COUNT)]
+        sections = unpack_sections(raw, _FOOTER.size, SECTION_COUNT)
         return cls(set_id=set_id, increment=increment, part_count=part_count, chunk_count=chunks,
                    stored_bytes=stored, logical_bytes=logical, entry_count=entries, sections=sections)
 
@@ -203,6 +184,6 @@ def chunk_aad(set_id: bytes, content_hash: bytes, length: int, codec_id: int) ->
 def struct_sizes() -> dict[str, int]:
     """Sizes of every fixed structure (tests check FILES-FORMAT.md against these)."""
     return {"header_fixed": _HEADER.size, "header": HEADER_SIZE, "footer_fixed": _FOOTER.size,
-            "footer_used": _FOOTER.size + SECTION_COUNT * _SECTION.size, "section": _SECTION.size,
+            "footer_used": _FOOTER.size + SECTION_COUNT * SECTION.size, "section": SECTION.size,
             "footer": FOOTER_SIZE, "index_record": INDEX_DTYPE.itemsize, "entry_fixed": ENTRY.size,
             "xattr_head": XATTR.size, "chunk_ref": CHUNK_REF.size}

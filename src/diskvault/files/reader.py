@@ -16,11 +16,9 @@ from functools import cached_property
 import blake3
 import numpy as np
 
-from diskvault.crypto.aead import Sealer
 from diskvault.errors import IncompleteImageError, IntegrityError, MissingChainMemberError
 from diskvault.files.errors import ArchiveFormatError
 from diskvault.files.layout import (
-    FOOTER_SIZE,
     HEADER_SIZE,
     INDEX_DTYPE,
     NAME_RE,
@@ -35,23 +33,12 @@ from diskvault.files.layout import (
     chunk_aad,
 )
 from diskvault.format import codec
-from diskvault.format.reader import KeyRing
+from diskvault.format.container_io import ContainerFile, KeyRing, find_parts
 
 
 def part_paths(path: str) -> list[str]:
     """All split parts of the archive ``path`` belongs to, in order; a gap is named."""
-    folder, name = os.path.split(path)
-    m = NAME_RE.match(name)
-    if not m:
-        return [path]
-    prefix = f"{m.group(1)}-{m.group(2)}-"
-    parts = sorted(int(n[len(prefix):len(prefix) + 2]) for n in os.listdir(folder or ".")
-                   if n.startswith(prefix) and NAME_RE.match(n))
-    set_id, increment = bytes.fromhex(m.group(1)), int(m.group(2))
-    for expected, found in enumerate(parts):
-        if expected != found:
-            raise MissingChainMemberError(f"missing part {archive_file_name(set_id, increment, expected)}")
-    return [os.path.join(folder, archive_file_name(set_id, increment, p)) for p in parts] or [path]
+    return find_parts(path, NAME_RE, archive_file_name)
 
 
 def read_header(path: str) -> ArchiveHeader:
@@ -66,18 +53,12 @@ def read_header(path: str) -> ArchiveHeader:
         raise ArchiveFormatError(path, e.strerror) from None
 
 
-class ArchiveFile:
+class ArchiveFile(ContainerFile):
     """One complete archive opened read-only: header, footer, index and metadata checked; the
     catalog is read when first used."""
 
-    def __init__(self, path: str, keyring: KeyRing | None = None) -> None:
-        self.path = path
-        self._fds: list[int] = []
-        try:
-            self._open(path, keyring or KeyRing())
-        except BaseException:
-            self.close()
-            raise
+    noun = "archive"
+    section_names = SECTION_NAMES
 
     def _open(self, path: str, keyring: KeyRing) -> None:
         if not os.path.exists(path):
@@ -91,23 +72,9 @@ class ArchiveFile:
                 raise IntegrityError(f"{p}: header does not belong to {os.path.basename(self.part_paths[0])}")
         self.header = headers[0]
         self.part_sizes = [os.fstat(fd).st_size for fd in self._fds]
-        last, last_size = self.part_paths[-1], self.part_sizes[-1]
-        if last_size < HEADER_SIZE + FOOTER_SIZE:
-            raise IncompleteImageError(last)
-        self.footer_raw = os.pread(self._fds[-1], FOOTER_SIZE, last_size - FOOTER_SIZE)
-        try:
-            self.footer = ArchiveFooter.unpack(self.footer_raw)
-        except ValueError as e:
-            if "checksum" in str(e):
-                raise IntegrityError(f"{last}: {e}") from None
-            raise IncompleteImageError(last) from None
-        if self.footer.part_count != len(self.part_paths):
-            missing = archive_file_name(self.header.set_id, self.header.increment, len(self.part_paths))
-            raise MissingChainMemberError(f"archive {path} has {self.footer.part_count} parts: missing {missing}")
-        if self.footer.set_id != self.header.set_id or self.footer.increment != self.header.increment:
-            raise IntegrityError(f"{last}: footer belongs to another archive")
-        self.key = keyring.key_for(self.header, path) if self.header.encrypted else None
-        self.sealer = Sealer(self.key.chunk_key, self.header.set_id) if self.key else None
+        self._read_footer(ArchiveFooter.unpack, lambda: IncompleteImageError(self.part_paths[-1]))
+        self._check_footer_matches(self.header.set_id, self.footer.set_id, archive_file_name)
+        self._unlock(keyring, self.header.set_id)
         self.index = np.frombuffer(self._section(SECTION_INDEX), dtype=INDEX_DTYPE)
         self.metadata = json.loads(self._section(SECTION_METADATA))
         self._check_layout()
@@ -115,10 +82,6 @@ class ArchiveFile:
     @property
     def set_id(self) -> str:
         return self.header.set_id.hex().upper()
-
-    @property
-    def hash_key(self) -> bytes | None:
-        return self.key.hash_key if self.key else None
 
     @cached_property
     def catalog(self) -> bytes:
@@ -128,51 +91,9 @@ class ArchiveFile:
     def footer_digest(self) -> bytes:
         return blake3.blake3(self.footer_raw).digest()
 
-    def _section(self, number: int) -> bytes:
-        s = self.footer.sections[number]
-        name, last = SECTION_NAMES[number], self.part_paths[-1]
-        if s.offset < HEADER_SIZE or s.offset + s.stored_length > self.part_sizes[-1] - FOOTER_SIZE:
-            raise IntegrityError(f"{last}: {name} section lies outside the file")
-        stored = os.pread(self._fds[-1], s.stored_length, s.offset)
-        if codec.section_digest(stored) != s.digest:
-            raise IntegrityError(f"{last}: {name} section is damaged (checksum mismatch)")
-        try:
-            if self.sealer:
-                stored = self.sealer.open(stored, self.sealer.section_aad(name, self.header.increment))
-            raw = codec.unpack_section(stored, s.raw_length)
-        except Exception:
-            raise IntegrityError(f"{last}: {name} section cannot be decoded") from None
-        if len(raw) != s.raw_length:
-            raise IntegrityError(f"{last}: {name} section has the wrong length")
-        return raw
-
     def _check_layout(self) -> None:
-        """Every byte of every part belongs to its header, a chunk, a section or the footer."""
-        idx = self.index
-        if len(idx) != self.footer.chunk_count or int(idx["stored_length"].sum()) != self.footer.stored_bytes:
-            raise IntegrityError(f"{self.path}: footer totals do not match the index")
-        if np.any(idx["part"] >= len(self.part_paths)):
-            raise IntegrityError(f"{self.path}: index refers to a part that does not exist")
-        for part, (p, size) in enumerate(zip(self.part_paths, self.part_sizes)):
-            mine = idx[idx["part"] == part]
-            offs = mine["file_offset"].astype(np.int64)
-            lens = mine["stored_length"].astype(np.int64)
-            if len(lens) and not np.array_equal(offs, HEADER_SIZE + np.concatenate(([0], np.cumsum(lens)[:-1]))):
-                raise IntegrityError(f"{p}: index does not describe the file (overlapping or missing chunks)")
-            end = HEADER_SIZE + int(lens.sum())
-            if part == len(self.part_paths) - 1:
-                for number in (SECTION_INDEX, SECTION_CATALOG, SECTION_METADATA):
-                    s = self.footer.sections[number]
-                    if s.offset != end:
-                        raise IntegrityError(f"{p}: {SECTION_NAMES[number]} section is not where expected")
-                    end += s.stored_length
-                end += FOOTER_SIZE
-            if end != size:
-                raise IntegrityError(f"{p}: file size does not match its index and footer")
-
-    def read_stored(self, i: int) -> bytes:
-        rec = self.index[i]
-        return os.pread(self._fds[int(rec["part"])], int(rec["stored_length"]), int(rec["file_offset"]))
+        self._check_totals()
+        self._check_parts(self.index, in_file_order=True)
 
     def decode(self, i: int, stored: bytes) -> bytes:
         """Check, decrypt and decompress chunk ``i``; IntegrityError names it."""
@@ -190,11 +111,6 @@ class ArchiveFile:
         if len(data) != length or codec.content_hash(data, self.hash_key) != digest:
             raise IntegrityError(f"{self.path}: damaged {where} (content checksum mismatch)")
         return data
-
-    def close(self) -> None:
-        for fd in self._fds:
-            os.close(fd)
-        self._fds = []
 
 
 class ArchiveChain:

@@ -27,6 +27,7 @@ from diskvault.files.layout import E_CHANGED, E_SPARSE, chunk_aad
 from diskvault.files.metadata import read_xattrs
 from diskvault.files.writer import ArchiveWriter
 from diskvault.format import codec
+from diskvault.readat import pread_full
 
 RETRIES = 3
 RACY_NS = 30_000_000  # more than two ticks of the coarse clock file timestamps come from
@@ -118,17 +119,6 @@ def _held_still(before: os.stat_result, after: os.stat_result, started_ns: int) 
                                                     or before.st_ctime_ns > started_ns + 2 * RACY_NS)
 
 
-def _pread_all(fd: int, length: int, offset: int) -> bytes:
-    parts, done = [], 0
-    while done < length:
-        b = os.pread(fd, length - done, offset + done)
-        if not b:
-            break
-        parts.append(b)
-        done += len(b)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
 def _finish(fd: int, st: os.stat_result, segments: list[tuple[int, int]], result: FileRead, stable: bool) -> FileRead:
     result.st = st
     result.xattrs = read_xattrs(fd)
@@ -145,7 +135,7 @@ def _read_open(path: bytes, fd: int, st: os.stat_result, chunker: Chunker, store
         for _ in range(RETRIES):
             st, started = _settle(fd, st)
             segments = data_segments(fd, st)
-            data = [(s, _pread_all(fd, e - s, s)) for s, e in segments]
+            data = [(s, pread_full(fd, s, e - s)) for s, e in segments]
             after = os.fstat(fd)
             stable = _held_still(st, after, started) and all(len(d) == e - s for (s, e), (_, d)
                                                              in zip(segments, data))

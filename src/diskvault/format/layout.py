@@ -6,16 +6,18 @@ All integers are little-endian. Names here are the names used in FORMAT.md.
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from diskvault.format.container import (
+    FOOTER_SIZE, HEADER_SIZE, SECTION, Section, check_footer, check_header, check_version, pack_sections,
+    seal_block, text_field, unpack_sections,
+)
+
 FORMAT_VERSION = 1
 HEADER_MAGIC = b"DVIMG\r\n\x1a"
 FOOTER_MAGIC = b"DVIMGEND"
-HEADER_SIZE = 4096
-FOOTER_SIZE = 256
 HASH_SIZE = 16  # BLAKE3 output truncated to 128 bits
 DEFAULT_CHUNK_SIZE = 4 << 20  # bigger cells compress better; smaller ones make finer increments
 
@@ -26,11 +28,6 @@ TYPE_NAMES = {TYPE_FULL: "full", TYPE_DIFF: "diff", TYPE_INC: "inc"}
 
 # Header: the fixed part; the rest of the 4096 bytes up to the CRC is zero (reserved).
 _HEADER = struct.Struct("<8sHHI8sHHQIQ16s16s16s16s32s8sH32s32sIII32sB")
-_HEADER_CRC_OFFSET = HEADER_SIZE - 4
-
-
-def _name(raw: bytes) -> str:
-    return raw.rstrip(b"\0").decode("ascii", "replace")
 
 
 @dataclass
@@ -77,29 +74,22 @@ class Header:
             self.parent_increment, self.parent_state_hash, self.kdf_salt, self.kdf_time,
             self.kdf_memory_kib, self.kdf_parallelism, self.key_check, self.image_type,
         )
-        body = fixed.ljust(_HEADER_CRC_OFFSET, b"\0")
-        return body + struct.pack("<I", zlib.crc32(body))
+        return seal_block(fixed, HEADER_SIZE)
 
     @classmethod
     def unpack(cls, raw: bytes) -> "Header":
         """Parse and check a header; raises ValueError with the reason."""
-        if len(raw) < HEADER_SIZE:
-            raise ValueError("file is shorter than a header")
-        if raw[:8] != HEADER_MAGIC:
-            raise ValueError("bad magic")
-        (crc,) = struct.unpack_from("<I", raw, _HEADER_CRC_OFFSET)
-        if zlib.crc32(raw[:_HEADER_CRC_OFFSET]) != crc:
-            raise ValueError("header checksum mismatch (damaged header)")
+        check_header(raw, HEADER_MAGIC)
         (_, version, _, flags, image_id, increment, split_part, created_ns, chunk_size,
          disk_size, hash_name, codec_name, cipher_name, kdf_name, writer, parent_id,
          parent_increment, parent_state_hash, kdf_salt, kdf_time, kdf_memory_kib, kdf_parallelism,
          key_check, image_type) = _HEADER.unpack_from(raw)
-        if version != FORMAT_VERSION:
-            raise ValueError(f"format version {version} is not supported (this diskvault reads {FORMAT_VERSION})")
+        check_version(version, FORMAT_VERSION)
         return cls(image_id=image_id, increment=increment, split_part=split_part,
                    created_ns=created_ns, chunk_size=chunk_size, disk_size=disk_size,
-                   hash_name=_name(hash_name), codec_name=_name(codec_name),
-                   cipher_name=_name(cipher_name), kdf_name=_name(kdf_name), writer=_name(writer),
+                   hash_name=text_field(hash_name), codec_name=text_field(codec_name),
+                   cipher_name=text_field(cipher_name), kdf_name=text_field(kdf_name),
+                   writer=text_field(writer),
                    parent_id=parent_id, parent_increment=parent_increment,
                    parent_state_hash=parent_state_hash, kdf_salt=kdf_salt, kdf_time=kdf_time,
                    kdf_memory_kib=kdf_memory_kib, kdf_parallelism=kdf_parallelism, key_check=key_check,
@@ -113,20 +103,10 @@ SECTION_METADATA = 2
 SECTION_COUNT = 3
 SECTION_NAMES = {SECTION_INDEX: "index", SECTION_EXTENTS: "extents", SECTION_METADATA: "metadata"}
 
-_SECTION = struct.Struct("<QQQ24s")  # offset, stored_length, raw_length, blake3-192 of stored bytes
 _FOOTER = struct.Struct("<8s8sQQQ")  # magic, image_id, chunk_count, chunk_bytes_stored, chunk_bytes_logical
 _FOOTER_SECTIONS_OFFSET = _FOOTER.size
 _FOOTER_TAIL = struct.Struct("<32sIH")  # state_hash, part_count, increment
-_FOOTER_TAIL_OFFSET = _FOOTER_SECTIONS_OFFSET + SECTION_COUNT * _SECTION.size
-_FOOTER_CRC_OFFSET = FOOTER_SIZE - 4
-
-
-@dataclass
-class Section:
-    offset: int = 0
-    stored_length: int = 0
-    raw_length: int = 0
-    digest: bytes = b"\0" * 24
+_FOOTER_TAIL_OFFSET = _FOOTER_SECTIONS_OFFSET + SECTION_COUNT * SECTION.size
 
 
 @dataclass
@@ -143,24 +123,16 @@ class Footer:
     increment: int = 0
 
     def pack(self) -> bytes:
-        out = bytearray(_FOOTER.pack(FOOTER_MAGIC, self.image_id, self.chunk_count,
-                                     self.stored_bytes, self.logical_bytes))
-        for s in self.sections:
-            out += _SECTION.pack(s.offset, s.stored_length, s.raw_length, s.digest)
-        out += _FOOTER_TAIL.pack(self.state_hash, self.part_count, self.increment)
-        body = bytes(out).ljust(_FOOTER_CRC_OFFSET, b"\0")
-        return body + struct.pack("<I", zlib.crc32(body))
+        fixed = _FOOTER.pack(FOOTER_MAGIC, self.image_id, self.chunk_count, self.stored_bytes,
+                             self.logical_bytes)
+        tail = _FOOTER_TAIL.pack(self.state_hash, self.part_count, self.increment)
+        return seal_block(fixed + pack_sections(self.sections) + tail, FOOTER_SIZE)
 
     @classmethod
     def unpack(cls, raw: bytes) -> "Footer":
-        if len(raw) != FOOTER_SIZE or raw[:8] != FOOTER_MAGIC:
-            raise ValueError("no footer")
-        (crc,) = struct.unpack_from("<I", raw, _FOOTER_CRC_OFFSET)
-        if zlib.crc32(raw[:_FOOTER_CRC_OFFSET]) != crc:
-            raise ValueError("footer checksum mismatch (damaged footer)")
+        check_footer(raw, FOOTER_MAGIC)
         _, image_id, count, stored, logical = _FOOTER.unpack_from(raw)
-        sections = [Section(*_SECTION.unpack_from(raw, _FOOTER_SECTIONS_OFFSET + i * _SECTION.size))
-                    for i in range(SECTION_COUNT)]
+        sections = unpack_sections(raw, _FOOTER_SECTIONS_OFFSET, SECTION_COUNT)
         state_hash, part_count, increment = _FOOTER_TAIL.unpack_from(raw, _FOOTER_TAIL_OFFSET)
         return cls(image_id=image_id, chunk_count=count, stored_bytes=stored, logical_bytes=logical,
                    sections=sections, state_hash=state_hash, part_count=part_count, increment=increment)
@@ -196,7 +168,7 @@ def struct_sizes() -> dict[str, int]:
     """Sizes of every fixed structure (tests check FORMAT.md against these)."""
     return {"header_fixed": _HEADER.size, "header": HEADER_SIZE, "footer_fixed": _FOOTER.size,
             "footer_used": _FOOTER_TAIL_OFFSET + _FOOTER_TAIL.size,
-            "section": _SECTION.size, "footer": FOOTER_SIZE, "index_record": INDEX_DTYPE.itemsize,
+            "section": SECTION.size, "footer": FOOTER_SIZE, "index_record": INDEX_DTYPE.itemsize,
             "extent_record": EXTENTS_DTYPE.itemsize}
 
 

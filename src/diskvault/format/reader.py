@@ -10,13 +10,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from diskvault.crypto.aead import Sealer
-from diskvault.crypto.keys import KdfParams, PasswordSource, SetKey, unlock
-from diskvault.errors import (ImageFormatError, IncompleteImageError, IntegrityError, MissingChainMemberError,
-                              UsageError)
+from diskvault.errors import ImageFormatError, IncompleteImageError, IntegrityError, MissingChainMemberError
 from diskvault.format import codec
+from diskvault.format.container_io import ContainerFile, KeyRing, find_parts
 from diskvault.format.layout import (
-    CHUNK_PATCH, CHUNK_ZERO, EXTENTS_DTYPE, FOOTER_SIZE, HEADER_SIZE, INDEX_DTYPE, SECTION_EXTENTS, SECTION_INDEX,
+    CHUNK_PATCH, CHUNK_ZERO, EXTENTS_DTYPE, HEADER_SIZE, INDEX_DTYPE, SECTION_EXTENTS, SECTION_INDEX,
     SECTION_METADATA, SECTION_NAMES, Footer, Header,
 )
 from diskvault.format.writer import PARTIAL_SUFFIX, image_file_name
@@ -25,58 +23,17 @@ PATCH_HEADER = 8  # the u64 block bitmap in front of a patch's blocks
 NAME_RE = re.compile(r"^([0-9A-F]{16})-(\d{2})-(\d{2})\.dvimg$")
 
 
-class KeyRing:
-    """Passwords are asked once and each set key derived once, however many images are opened."""
-
-    def __init__(self, password: PasswordSource | None = None) -> None:
-        self._password = password
-        self._cached_password: str | None = None
-        self._keys: dict[tuple, SetKey] = {}
-
-    def key_for(self, header: Header, path: str) -> SetKey:
-        kdf = KdfParams(header.kdf_salt, header.kdf_time, header.kdf_memory_kib, header.kdf_parallelism)
-        cache_key = (kdf, header.key_check)
-        if cache_key not in self._keys:
-            if self._cached_password is None:
-                if self._password is None:
-                    raise UsageError(f"{path} is encrypted: give --password-file or --password-env")
-                self._cached_password = self._password()
-            try:
-                self._keys[cache_key] = unlock(self._cached_password, kdf, header.key_check, path)
-            except ValueError as e:
-                raise ImageFormatError(path, e) from None
-        return self._keys[cache_key]
-
-
 def part_paths(path: str) -> list[str]:
     """All split parts of the image ``path`` belongs to, in order. A gap in the numbering is a
     missing part and is named."""
-    folder, name = os.path.split(path)
-    m = NAME_RE.match(name)
-    if not m:
-        return [path]
-    prefix = f"{m.group(1)}-{m.group(2)}-"
-    parts = sorted(int(n[len(prefix):len(prefix) + 2]) for n in os.listdir(folder or ".")
-                   if n.startswith(prefix) and NAME_RE.match(n))
-    image_id, increment = bytes.fromhex(m.group(1)), int(m.group(2))
-    for expected, found in enumerate(parts):
-        if expected != found:
-            raise MissingChainMemberError(f"missing part {image_file_name(image_id, increment, expected)} "
-                                          f"of image {prefix}NN")
-    return [os.path.join(folder, image_file_name(image_id, increment, p)) for p in parts] or [path]
+    return find_parts(path, NAME_RE, image_file_name, noun="image")
 
 
-class ImageFile:
+class ImageFile(ContainerFile):
     """One complete image (one or more split parts) opened read-only."""
 
-    def __init__(self, path: str, keyring: KeyRing | None = None) -> None:
-        self.path = path
-        self._fds: list[int] = []
-        try:
-            self._open(path, keyring or KeyRing())
-        except BaseException:
-            self.close()
-            raise
+    noun = "image"
+    section_names = SECTION_NAMES
 
     def _open(self, path: str, keyring: KeyRing) -> None:
         if not os.path.exists(path):
@@ -109,29 +66,9 @@ class ImageFile:
         self.part_paths = paths
         self.part_sizes = [os.fstat(fd).st_size for fd in self._fds]
         self.file_size = sum(self.part_sizes)
-        last, last_size = paths[-1], self.part_sizes[-1]
-        if last_size < HEADER_SIZE + FOOTER_SIZE:
-            raise IncompleteImageError(last)
-        try:
-            self.footer = Footer.unpack(os.pread(self._fds[-1], FOOTER_SIZE, last_size - FOOTER_SIZE))
-        except ValueError as e:
-            if "checksum" in str(e):
-                raise IntegrityError(f"{last}: {e}") from None
-            if len(paths) > 1:
-                nxt = image_file_name(self.header.image_id, self.header.increment, len(paths))
-                raise MissingChainMemberError(f"{last} has no footer: part {nxt} is missing, or the image "
-                                              f"is incomplete") from None
-            raise IncompleteImageError(last) from None
-        if self.footer.part_count != len(paths):
-            missing = image_file_name(self.header.image_id, self.header.increment, len(paths))
-            raise MissingChainMemberError(f"image {path} has {self.footer.part_count} parts: missing {missing}")
-        if self.footer.image_id != self.header.image_id or self.footer.increment != self.header.increment:
-            raise IntegrityError(f"{last}: footer belongs to another image")
-        self.key: SetKey | None = None
-        self.sealer: Sealer | None = None
-        if self.header.encrypted:
-            self.key = keyring.key_for(self.header, path)
-            self.sealer = Sealer(self.key.chunk_key, self.header.image_id)
+        self._read_footer(Footer.unpack, self._no_footer)
+        self._check_footer_matches(self.header.image_id, self.footer.image_id, image_file_name)
+        self._unlock(keyring, self.header.image_id)
         self.index = np.frombuffer(self._section(SECTION_INDEX), dtype=INDEX_DTYPE)
         ext = np.frombuffer(self._section(SECTION_EXTENTS), dtype=EXTENTS_DTYPE)
         self.extents = np.stack([ext["start"], ext["length"]], axis=1) if len(ext) else \
@@ -139,63 +76,22 @@ class ImageFile:
         self.metadata = json.loads(self._section(SECTION_METADATA))
         self._check_layout()
 
-    # -- structure -----------------------------------------------------------------------------
-    def _section(self, number: int) -> bytes:
-        s = self.footer.sections[number]
-        name, last = SECTION_NAMES[number], self.part_paths[-1]
-        if s.offset < HEADER_SIZE or s.offset + s.stored_length > self.part_sizes[-1] - FOOTER_SIZE:
-            raise IntegrityError(f"{last}: {name} section lies outside the file")
-        stored = os.pread(self._fds[-1], s.stored_length, s.offset)
-        if codec.section_digest(stored) != s.digest:
-            raise IntegrityError(f"{last}: {name} section is damaged (checksum mismatch)")
-        try:
-            if self.sealer:
-                stored = self.sealer.open(stored, self.sealer.section_aad(name, self.header.increment))
-            raw = codec.unpack_section(stored, s.raw_length)
-        except Exception:
-            raise IntegrityError(f"{last}: {name} section cannot be decoded") from None
-        if len(raw) != s.raw_length:
-            raise IntegrityError(f"{last}: {name} section has the wrong length")
-        return raw
+    def _no_footer(self) -> Exception:
+        last = self.part_paths[-1]
+        if len(self.part_paths) > 1:
+            nxt = image_file_name(self.header.image_id, self.header.increment, len(self.part_paths))
+            return MissingChainMemberError(f"{last} has no footer: part {nxt} is missing, or the image "
+                                           f"is incomplete")
+        return IncompleteImageError(last)
 
+    # -- structure -----------------------------------------------------------------------------
     def _check_layout(self) -> None:
         """Every byte of every part belongs to its header, a chunk, a section or the footer."""
+        self._check_totals()
         idx = self.index
-        if len(idx) != self.footer.chunk_count or int(idx["stored_length"].sum()) != self.footer.stored_bytes:
-            raise IntegrityError(f"{self.path}: footer totals do not match the index")
         if len(idx) > 1 and np.any(np.diff(idx["disk_offset"].astype(np.int64)) <= 0):
             raise IntegrityError(f"{self.path}: index is not sorted by disk offset")
-        if np.any(idx["part"] >= len(self.part_paths)):
-            raise IntegrityError(f"{self.path}: index refers to a part that does not exist")
-        stored = idx[idx["stored_length"] > 0]
-        for part, (p, size) in enumerate(zip(self.part_paths, self.part_sizes)):
-            mine = stored[stored["part"] == part]
-            order = np.argsort(mine["file_offset"])
-            offs = mine["file_offset"][order].astype(np.int64)
-            lens = mine["stored_length"][order].astype(np.int64)
-            if len(lens) and not np.array_equal(offs, HEADER_SIZE + np.concatenate(([0], np.cumsum(lens)[:-1]))):
-                raise IntegrityError(f"{p}: index does not describe the file (overlapping or missing chunks)")
-            end = HEADER_SIZE + int(lens.sum())
-            if part == len(self.part_paths) - 1:
-                for number in (SECTION_INDEX, SECTION_EXTENTS, SECTION_METADATA):
-                    s = self.footer.sections[number]
-                    if s.offset != end:
-                        raise IntegrityError(f"{p}: {SECTION_NAMES[number]} section is not where expected")
-                    end += s.stored_length
-                end += FOOTER_SIZE
-            if end != size:
-                raise IntegrityError(f"{p}: file size does not match its index and footer")
-
-    def close(self) -> None:
-        for fd in self._fds:
-            os.close(fd)
-        self._fds = []
-
-    def __enter__(self) -> "ImageFile":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        self._check_parts(idx[idx["stored_length"] > 0], in_file_order=False)
 
     # -- identity ------------------------------------------------------------------------------
     @property
@@ -210,15 +106,7 @@ class ImageFile:
     def chunk_size(self) -> int:
         return self.header.chunk_size
 
-    @property
-    def hash_key(self) -> bytes | None:
-        return self.key.hash_key if self.key else None
-
     # -- chunks --------------------------------------------------------------------------------
-    def read_stored(self, i: int) -> bytes:
-        rec = self.index[i]
-        return os.pread(self._fds[int(rec["part"])], int(rec["stored_length"]), int(rec["file_offset"]))
-
     def payload(self, i: int, stored: bytes) -> bytes:
         """Check, decrypt and decompress chunk ``i``'s stored bytes (a whole cell, or a patch)."""
         rec = self.index[i]

@@ -15,7 +15,6 @@ bytenr, level, generation, checksum) before it is trusted. The structures are in
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import struct
 from typing import BinaryIO, ClassVar
@@ -26,83 +25,10 @@ from diskvault.errors import FilesystemError
 from diskvault.readat import read_at as _read_at
 from diskvault.fs import c_btrfs as C
 from diskvault.fs.base import FsInfo
+from diskvault.fs.crc32c import crc32c, crc32c_many
 from diskvault.fs.extents import clip, merge
 
 NODE_BATCH = 256  # tree blocks read and checksummed together
-
-# ----------------------------------------------------------------------------- crc32c (Castagnoli)
-
-CRC32C_TABLE = np.zeros(256, dtype=np.uint32)
-for _i in range(256):
-    _c = _i
-    for _ in range(8):
-        _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
-    CRC32C_TABLE[_i] = _c
-
-
-def _gf2_apply(cols: tuple[int, ...], v: int) -> int:
-    """A 32x32 GF(2) matrix (as its 32 columns) times the bit vector ``v``."""
-    out, i = 0, 0
-    while v:
-        if v & 1:
-            out ^= cols[i]
-        v >>= 1
-        i += 1
-    return out
-
-
-@functools.cache
-def _zeros_op(n: int) -> tuple[int, ...]:
-    """The raw crc register's change over ``n`` zero bytes, as a GF(2) matrix (n >= 1)."""
-    if n == 1:
-        t = CRC32C_TABLE
-        return tuple(int(t[(1 << i) & 0xFF]) ^ ((1 << i) >> 8) for i in range(32))
-    half = _zeros_op(n // 2)
-    op = tuple(_gf2_apply(half, c) for c in half)
-    return tuple(_gf2_apply(_zeros_op(1), c) for c in op) if n & 1 else op
-
-
-@functools.cache
-def _zeros_tables(n: int) -> np.ndarray:
-    """_zeros_op(n) as four byte lookup tables (4, 256) for numpy."""
-    cols = np.array(_zeros_op(n), dtype=np.uint32).reshape(4, 8)
-    bits = ((np.arange(256)[:, None] >> np.arange(8)) & 1).astype(bool)  # (256, 8)
-    return np.bitwise_xor.reduce(np.where(bits[None], cols[:, None, :], np.uint32(0)), axis=2)
-
-
-def crc32c_many(blocks: np.ndarray) -> np.ndarray:
-    """Standard CRC-32C of every row of a (N, n) uint8 array, numpy-parallel.
-
-    Each row is cut into 16-byte pieces whose raw crcs run side by side (one table step per
-    byte column); the pieces are then combined pairwise (the crc is linear: crc(A||B) is A's crc
-    carried over len(B) zero bytes, xor B's). Leading zero padding does not change a raw crc.
-    """
-    blocks = np.asarray(blocks, dtype=np.uint8)
-    count, n = blocks.shape
-    if n == 0:
-        return np.zeros(count, dtype=np.uint32)
-    width = 16
-    rows = 1 << (-(-n // width) - 1).bit_length()
-    pad = rows * width - n
-    if pad:
-        blocks = np.concatenate([np.zeros((count, pad), dtype=np.uint8), blocks], axis=1)
-    data = blocks.reshape(count, rows, width).astype(np.uint32)
-    state = np.zeros((count, rows), dtype=np.uint32)
-    for j in range(width):
-        state = CRC32C_TABLE[(state ^ data[:, :, j]) & 0xFF] ^ (state >> 8)
-    seg = width
-    while state.shape[1] > 1:
-        t = _zeros_tables(seg)
-        a, b = state[:, 0::2], state[:, 1::2]
-        state = t[0][a & 0xFF] ^ t[1][(a >> 8) & 0xFF] ^ t[2][(a >> 16) & 0xFF] ^ t[3][a >> 24] ^ b
-        seg *= 2
-    init = _gf2_apply(_zeros_op(n), 0xFFFFFFFF)  # the ~0 start value carried over the n bytes
-    return state[:, 0] ^ np.uint32(init ^ 0xFFFFFFFF)
-
-
-def crc32c(data: bytes) -> int:
-    return int(crc32c_many(np.frombuffer(data, dtype=np.uint8)[None])[0])
-
 
 # ----------------------------------------------------------------------------- helpers
 

@@ -8,9 +8,10 @@ Tree items are parsed with the numpy record dtypes at the end (many items per le
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
 
 import numpy as np
+
+from diskvault.fs.cstruct import Field, Layout
 
 SUPER_INFO_OFFSET = 0x10000  # BTRFS_SUPER_INFO_OFFSET: the primary superblock is 64 KiB in
 SUPER_INFO_SIZE = 4096  # BTRFS_SUPER_INFO_SIZE
@@ -28,12 +29,6 @@ LABEL_SIZE = 256  # BTRFS_LABEL_SIZE
 def sb_offset(mirror: int) -> int:
     """btrfs_sb_offset(): byte offset of superblock copy ``mirror`` (0, 1, 2)."""
     return (16384 << (SUPER_MIRROR_SHIFT * mirror)) if mirror else SUPER_INFO_OFFSET
-
-
-class Field(NamedTuple):
-    offset: int
-    name: str
-    fmt: str
 
 
 # struct btrfs_super_block (4096 bytes); the embedded struct btrfs_dev_item starts at 0xC9
@@ -236,30 +231,18 @@ PROFILE_NAMES = {
 PROFILE_MASK = sum(PROFILE_NAMES)
 
 
-def _layout(fields: tuple[Field, ...]) -> tuple[struct.Struct, tuple[str, ...]]:
-    """One ``struct.Struct`` covering ``fields`` in offset order, padding the gaps."""
-    fmt, names, pos = "<", [], 0
-    for f in sorted(fields, key=lambda f: f.offset):
-        if f.offset > pos:
-            fmt += f"{f.offset - pos}x"
-        fmt += f.fmt
-        names.append(f.name)
-        pos = f.offset + struct.calcsize("<" + f.fmt)
-    return struct.Struct(fmt), tuple(names)
-
-
-_SB_STRUCT, _SB_NAMES = _layout(SUPERBLOCK_FIELDS)
-_HEADER_STRUCT, _HEADER_NAMES = _layout(HEADER_FIELDS)
-_CHUNK_STRUCT, _CHUNK_NAMES = _layout(CHUNK_FIELDS)
+_SUPERBLOCK = Layout(SUPERBLOCK_FIELDS)
+_HEADER = Layout(HEADER_FIELDS)
+_CHUNK = Layout(CHUNK_FIELDS)
 
 
 def parse_superblock(raw: bytes) -> dict:
-    return dict(zip(_SB_NAMES, _SB_STRUCT.unpack_from(raw, 0)))
+    return _SUPERBLOCK.parse(raw)
 
 
 def parse_header(raw: bytes) -> dict:
-    return dict(zip(_HEADER_NAMES, _HEADER_STRUCT.unpack_from(raw, 0)))
+    return _HEADER.parse(raw)
 
 
 def parse_chunk(raw: bytes, offset: int = 0) -> dict:
-    return dict(zip(_CHUNK_NAMES, _CHUNK_STRUCT.unpack_from(raw, offset)))
+    return _CHUNK.parse(raw, offset)

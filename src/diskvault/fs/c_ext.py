@@ -6,21 +6,15 @@ Each field is ``(offset, name, format)`` with a ``struct`` format character (``1
 
 from __future__ import annotations
 
-import struct
-from typing import NamedTuple
-
 import numpy as np
+
+from diskvault.fs.cstruct import Field, Layout
+
 
 SUPERBLOCK_OFFSET = 1024  # the primary superblock always starts 1024 bytes into the filesystem
 SUPERBLOCK_SIZE = 1024
 EXT_MAGIC = 0xEF53  # s_magic
 MAGIC_OFFSET = SUPERBLOCK_OFFSET + 0x38  # byte offset of s_magic from the filesystem start
-
-
-class Field(NamedTuple):
-    offset: int
-    name: str
-    fmt: str
 
 
 # struct ext4_super_block (the fields diskvault reads or may want to show; 1024 bytes in all)
@@ -177,26 +171,14 @@ EXT2_INCOMPAT_SUPP = INCOMPAT_FILETYPE | INCOMPAT_META_BG
 EXT3_INCOMPAT_SUPP = INCOMPAT_FILETYPE | INCOMPAT_RECOVER | INCOMPAT_META_BG
 
 
-def _layout(fields: tuple[Field, ...]) -> tuple[struct.Struct, tuple[str, ...]]:
-    """One ``struct.Struct`` covering ``fields`` in offset order, padding the gaps."""
-    fmt, names, pos = "<", [], 0
-    for f in sorted(fields, key=lambda f: f.offset):
-        if f.offset > pos:
-            fmt += f"{f.offset - pos}x"
-        fmt += f.fmt
-        names.append(f.name)
-        pos = f.offset + struct.calcsize("<" + f.fmt)
-    return struct.Struct(fmt), tuple(names)
-
-
-_SB_STRUCT, _SB_NAMES = _layout(SUPERBLOCK_FIELDS)
+_SUPERBLOCK = Layout(SUPERBLOCK_FIELDS)
 
 
 def parse_superblock(raw: bytes) -> dict:
     """The superblock fields of a 1024-byte superblock as a dict (``s_backup_bgs`` is a tuple)."""
-    values = list(_SB_STRUCT.unpack_from(raw, 0))
+    values = list(_SUPERBLOCK.struct.unpack_from(raw, 0))
     out = {}
-    for name in _SB_NAMES:
+    for name in _SUPERBLOCK.names:
         if name == "s_backup_bgs":
             out[name] = (values.pop(0), values.pop(0))
         else:

@@ -8,14 +8,7 @@ Each field is ``(offset, name, format)`` with a ``struct`` format character (``8
 
 from __future__ import annotations
 
-import struct
-from typing import NamedTuple
-
-
-class Field(NamedTuple):
-    offset: int
-    name: str
-    fmt: str
+from diskvault.fs.cstruct import Field, Layout
 
 
 BOOT_SIGNATURE = 0xAA55  # Signature_word at byte 510 of the boot sector (bytes 0x55 0xAA)
@@ -174,32 +167,11 @@ EXFAT_LABEL_FIELDS: tuple[Field, ...] = (
 EXFAT_LABEL_MAX_CHARS = 11
 
 
-class Struct:
-    """One ``struct.Struct`` over ``fields`` (padding the gaps) that unpacks into a dict."""
-
-    def __init__(self, fields: tuple[Field, ...]) -> None:
-        fmt, pos = "<", 0
-        ordered = sorted(fields, key=lambda f: f.offset)
-        for f in ordered:
-            if f.offset < pos:
-                raise ValueError(f"overlapping field {f.name}")
-            if f.offset > pos:
-                fmt += f"{f.offset - pos}x"
-            fmt += f.fmt
-            pos = f.offset + struct.calcsize("<" + f.fmt)
-        self.struct = struct.Struct(fmt)
-        self.names = tuple(f.name for f in ordered)
-        self.size = self.struct.size
-
-    def parse(self, raw: bytes, offset: int = 0) -> dict:
-        return dict(zip(self.names, self.struct.unpack_from(raw, offset)))
-
-
-BPB = Struct(BPB_FIELDS)
-BPB16 = Struct(BPB16_FIELDS)
-BPB32 = Struct(BPB32_FIELDS)
-DIRENT = Struct(DIRENT_FIELDS)
-EXFAT_BOOT = Struct(EXFAT_BOOT_FIELDS)
-EXFAT_BITMAP = Struct(EXFAT_BITMAP_FIELDS)
-EXFAT_UPCASE = Struct(EXFAT_UPCASE_FIELDS)
-EXFAT_LABEL = Struct(EXFAT_LABEL_FIELDS)
+BPB = Layout(BPB_FIELDS)
+BPB16 = Layout(BPB16_FIELDS)
+BPB32 = Layout(BPB32_FIELDS)
+DIRENT = Layout(DIRENT_FIELDS)
+EXFAT_BOOT = Layout(EXFAT_BOOT_FIELDS)
+EXFAT_BITMAP = Layout(EXFAT_BITMAP_FIELDS)
+EXFAT_UPCASE = Layout(EXFAT_UPCASE_FIELDS)
+EXFAT_LABEL = Layout(EXFAT_LABEL_FIELDS)

@@ -6,20 +6,14 @@ Each field is ``(offset, name, format)`` with a ``struct`` format character (``8
 
 from __future__ import annotations
 
-import struct
-from typing import NamedTuple
+from diskvault.fs.cstruct import Field, Layout
+
 
 NTFS_OEM_ID = b"NTFS    "  # oem_id at byte 3 of the boot sector
 BOOT_SECTOR_SIZE = 512  # the BPB fields all lie in the first 512 bytes, whatever the sector size
 BOOT_AREA_SIZE = 8192  # $Boot: the boot sector and the boot loader code (16 sectors of 512)
 NTFS_BLOCK_SIZE = 512  # the update sequence array protects the last 2 bytes of every 512 bytes
 NTFS_MAX_CLUSTER_SIZE = 2 << 20  # 2 MiB, the largest cluster Windows formats
-
-
-class Field(NamedTuple):
-    offset: int
-    name: str
-    fmt: str
 
 
 # NTFS_BOOT_SECTOR with its BIOS_PARAMETER_BLOCK flattened in (512 bytes)
@@ -159,29 +153,6 @@ VOLUME_MOUNTED_ON_NT4 = 0x0008
 VOLUME_DELETE_USN_UNDERWAY = 0x0010
 VOLUME_REPAIR_OBJECT_ID = 0x0020
 VOLUME_MODIFIED_BY_CHKDSK = 0x8000
-
-
-def _layout(fields: tuple[Field, ...]) -> tuple[struct.Struct, tuple[str, ...]]:
-    """One ``struct.Struct`` covering ``fields`` in offset order, padding the gaps."""
-    fmt, names, pos = "<", [], 0
-    for f in sorted(fields, key=lambda f: f.offset):
-        if f.offset > pos:
-            fmt += f"{f.offset - pos}x"
-        fmt += f.fmt
-        names.append(f.name)
-        pos = f.offset + struct.calcsize("<" + f.fmt)
-    return struct.Struct(fmt), tuple(names)
-
-
-class Layout:
-    """A parsed field table: ``size`` bytes, ``parse(buf, offset)`` -> dict of field values."""
-
-    def __init__(self, fields: tuple[Field, ...]) -> None:
-        self._struct, self._names = _layout(fields)
-        self.size = self._struct.size
-
-    def parse(self, buf: bytes | bytearray | memoryview, offset: int = 0) -> dict:
-        return dict(zip(self._names, self._struct.unpack_from(buf, offset)))
 
 
 BOOT_SECTOR = Layout(BOOT_SECTOR_FIELDS)

@@ -7,8 +7,8 @@ Each field is ``(offset, name, format)`` with a ``struct`` format character (``1
 
 from __future__ import annotations
 
-import struct
-from typing import NamedTuple
+from diskvault.fs.cstruct import Field, Layout
+
 
 BBSIZE = 512  # a "basic block": the unit of xfs_daddr_t and of the log
 XFS_SB_MAGIC = 0x58465342  # 'XFSB'
@@ -19,12 +19,6 @@ XFS_ABTB_CRC_MAGIC = 0x41423342  # 'AB3B': the same with the v5 (CRC) block head
 XFS_BTREE_MAXLEVELS = 9  # deeper than any free-space btree of a 2^31-block AG
 XFS_MIN_AG_BLOCKS = 64  # smallest AG mkfs/the kernel accept
 XFS_MAX_AG_BLOCKS = (1 << 31) - 1  # agblocks is an xfs_agblock_t < 2^31
-
-
-class Field(NamedTuple):
-    offset: int
-    name: str
-    fmt: str
 
 
 # struct xfs_dsb: the primary superblock, sector 0 of AG 0 (the part diskvault reads)
@@ -177,20 +171,8 @@ XFS_LOG = 0xAA  # oh_clientid of log-internal operations (the unmount record)
 XLOG_UNMOUNT_TRANS = 0x20  # oh_flags of the record written by a clean unmount
 
 
-def _layout(fields: tuple[Field, ...]) -> tuple[struct.Struct, tuple[str, ...]]:
-    """One big-endian ``struct.Struct`` covering ``fields`` in offset order, padding the gaps."""
-    fmt, names, pos = ">", [], 0
-    for f in sorted(fields, key=lambda f: f.offset):
-        if f.offset > pos:
-            fmt += f"{f.offset - pos}x"
-        fmt += f.fmt
-        names.append(f.name)
-        pos = f.offset + struct.calcsize(">" + f.fmt)
-    return struct.Struct(fmt), tuple(names)
-
-
 _PARSERS = {
-    name: _layout(fields)
+    name: Layout(fields, byte_order=">")
     for name, fields in (
         ("sb", SUPERBLOCK_FIELDS),
         ("agf", AGF_FIELDS),
@@ -199,12 +181,11 @@ _PARSERS = {
         ("log", LOG_REC_FIELDS),
     )
 }
-SUPERBLOCK_SIZE = _PARSERS["sb"][0].size
-AGF_SIZE = _PARSERS["agf"][0].size
-LOG_REC_SIZE = _PARSERS["log"][0].size
+SUPERBLOCK_SIZE = _PARSERS["sb"].size
+AGF_SIZE = _PARSERS["agf"].size
+LOG_REC_SIZE = _PARSERS["log"].size
 
 
 def parse(kind: str, raw: bytes, offset: int = 0) -> dict:
     """Fields of structure ``kind`` ("sb", "agf", "bt", "bt_crc", "log") at ``offset`` of ``raw``."""
-    st, names = _PARSERS[kind]
-    return dict(zip(names, st.unpack_from(raw, offset)))
+    return _PARSERS[kind].parse(raw, offset)

@@ -22,7 +22,6 @@ the bytes imaged exceed used_bytes by those few blocks per AG. The structures ar
 from __future__ import annotations
 
 import struct
-from functools import lru_cache
 from typing import BinaryIO, ClassVar
 
 import numpy as np
@@ -31,6 +30,7 @@ from diskvault.errors import FilesystemError
 from diskvault.readat import read_at as _read_at
 from diskvault.fs import c_xfs as C
 from diskvault.fs.base import FsInfo
+from diskvault.fs.crc32c import crc32c
 from diskvault.fs.extents import EMPTY, complement
 
 DIRTY_LOG = (
@@ -42,49 +42,6 @@ DIRTY_LOG = (
 
 def _bad(what: str) -> FilesystemError:
     return FilesystemError(f"XFS superblock is not sane: {what}")
-
-
-# ----------------------------------------------------------------------------- crc32c
-
-_CRC_CHUNK = 512
-
-
-@lru_cache(maxsize=1)
-def _crc_tables() -> tuple[list[int], np.ndarray, list[list[int]]]:
-    """Byte table, per-position contributions within a 512-byte chunk, and the shift of a
-    register through 512 zero bytes (one table per register byte). CRC is linear, so a chunk's
-    effect is the XOR of its bytes' contributions: numpy does a block in a few operations."""
-    t = np.arange(256, dtype=np.uint32)
-    for _ in range(8):
-        t = np.where(t & 1, (t >> np.uint32(1)) ^ np.uint32(0x82F63B78), t >> np.uint32(1))
-
-    def step(reg: np.ndarray) -> np.ndarray:  # one zero byte through the register
-        return (reg >> np.uint32(8)) ^ t[reg & np.uint32(0xFF)]
-
-    pos = np.empty((_CRC_CHUNK, 256), dtype=np.uint32)
-    cur = t.copy()
-    for p in range(_CRC_CHUNK - 1, -1, -1):
-        pos[p] = cur
-        cur = step(cur)
-    shift = np.arange(256, dtype=np.uint32)[None, :] << (np.uint32(8) * np.arange(4, dtype=np.uint32))[:, None]
-    for _ in range(_CRC_CHUNK):
-        shift = step(shift)
-    return t.tolist(), pos, shift.tolist()
-
-
-def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli), as XFS stores it (little-endian) in its metadata."""
-    table, pos, (s0, s1, s2, s3) = _crc_tables()
-    n = len(data) // _CRC_CHUNK * _CRC_CHUNK
-    reg = 0xFFFFFFFF
-    if n:
-        chunks = np.frombuffer(data, dtype=np.uint8, count=n).reshape(-1, _CRC_CHUNK)
-        contrib = np.bitwise_xor.reduce(pos[np.arange(_CRC_CHUNK), chunks], axis=1)
-        for c in contrib.tolist():
-            reg = s0[reg & 255] ^ s1[(reg >> 8) & 255] ^ s2[(reg >> 16) & 255] ^ s3[reg >> 24] ^ c
-    for b in data[n:]:
-        reg = (reg >> 8) ^ table[(reg ^ b) & 0xFF]
-    return reg ^ 0xFFFFFFFF
 
 
 def _crc_ok(buf: bytes, off: int) -> bool:
