@@ -4,7 +4,6 @@ holes: free space costs no disk space)."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import functools
 import fcntl
@@ -113,6 +112,23 @@ class Target:
             raise
         return True
 
+    def allocated(self) -> np.ndarray:
+        """Byte extents that may hold data: a file's data extents (SEEK_DATA/SEEK_HOLE), so that
+        holes are not punched again; all of a device."""
+        if self.is_block:
+            return np.array([[0, self.size]], dtype=np.uint64)
+        out, pos = [], 0
+        while pos < self.size:
+            try:
+                start = os.lseek(self.fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:  # no data after pos
+                    break
+                raise
+            pos = os.lseek(self.fd, start, os.SEEK_HOLE)
+            out.append((start, pos - start))
+        return np.array(out, dtype=np.uint64).reshape(-1, 2)
+
     def read(self, offset: int, length: int) -> bytes:
         """What the target holds now (delta comparison, verification); zeros past its end."""
         out = bytearray(length)
@@ -127,7 +143,7 @@ class Target:
 
 @functools.cache
 def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)  # the libc this process runs on (find_library spawns ldconfig)
     libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     return libc
 

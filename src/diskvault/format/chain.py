@@ -137,11 +137,13 @@ class Chain:
     def extents(self) -> np.ndarray:
         return self.head.extents
 
-    def decode(self, j: int) -> bytes:
-        """Bytes of the state's cell ``j`` (checked)."""
-        return self.decode_record(int(self.state.member[j]), int(self.state.record[j]))
+    def decode(self, j: int, held: tuple[bytes, bytes | memoryview] | None = None) -> bytes:
+        """Bytes of the state's cell ``j`` (checked). ``held``: (content hash, bytes) of this cell's
+        bytes that the caller already has, e.g. from a delta target; a patch whose base cell has
+        that hash is applied to them instead of decoding the base."""
+        return self.decode_record(int(self.state.member[j]), int(self.state.record[j]), held)
 
-    def decode_record(self, m: int, r: int) -> bytes:
+    def decode_record(self, m: int, r: int, held: tuple[bytes, bytes | memoryview] | None = None) -> bytes:
         """Bytes of the cell that record ``r`` of member ``m`` gives: a patch is applied over the
         same cell as the older members give it, and the result checked against its content hash."""
         member = self.members[m]
@@ -149,19 +151,22 @@ class Chain:
         if not rec["flags"] & CHUNK_PATCH:
             return member.decode(r, member.read_stored(r))
         payload = member.payload(r, member.read_stored(r))
-        base = self._cell_before(m, int(rec["disk_offset"]), int(rec["length"]))
+        base = self._cell_before(m, int(rec["disk_offset"]), int(rec["length"]), held)
         try:
             data = apply_patch(base, payload, self.chunk_size)
         except ValueError as e:
             raise member.damaged(r, str(e)) from None
         return member.check_content(r, data)
 
-    def _cell_before(self, m: int, disk_offset: int, length: int) -> bytes:
+    def _cell_before(self, m: int, disk_offset: int, length: int,
+                     held: tuple[bytes, bytes | memoryview] | None = None) -> bytes | memoryview:
         for k in range(m - 1, -1, -1):
             offs = self._offsets[k]
             i = int(np.searchsorted(offs, disk_offset))
             if i < len(offs) and offs[i] == disk_offset:
-                return self.decode_record(k, i)
+                if held is not None and bytes(self.members[k].index[i]["content_hash"]) == held[0]:
+                    return held[1]
+                return self.decode_record(k, i, held)
         return bytes(length)
 
     def state_cell(self, disk_offset: int) -> bytes | None:

@@ -68,8 +68,9 @@ def delta_copy(source, target: Target, ranges: np.ndarray, progress: Progress,
     local = threading.local()
     zeros = bytes(cs * per_run)
 
-    def compare(run: np.ndarray) -> list[tuple[int, int, bytes | None]]:
-        """(cell, length, the target's masked bytes when they differ from the source's)."""
+    def compare(run: np.ndarray) -> list[tuple[int, int, int | None]]:
+        """(cell, length, bytes written when the target's masked bytes differed from the source's).
+        Differing cells are decoded and written here, on a worker: cells do not overlap."""
         start, end = int(run[0]) * cs, min((int(run[-1]) + 1) * cs, size)
         buf = getattr(local, "buf", None)
         if buf is None:  # one reused buffer per worker: no page faults for fresh memory per run
@@ -88,19 +89,23 @@ def delta_copy(source, target: Target, ranges: np.ndarray, progress: Progress,
         out = []
         for cell in run.tolist():
             cell_view = view[cell * cs - start:min(cell * cs + cs, size) - start]
-            differs = codec.content_hash(cell_view, source.key) != source.digest(cell, len(cell_view))
-            out.append((cell, len(cell_view), bytes(cell_view) if differs else None))
+            have = codec.content_hash(cell_view, source.key)
+            if have == source.digest(cell, len(cell_view)):
+                out.append((cell, len(cell_view), None))
+            else:  # the target often holds the cell a patch applies to: then that is not decoded
+                want = source.cell_bytes(cell, len(cell_view), (have, cell_view))
+                out.append((cell, len(cell_view), _write_blocks(target, cell * cs, cell_view, want, ranges)))
         return out
 
     progress.start("comparing", ext.total(wanted))
     progress.advance(ext.total(wanted) - ext.total(ext.intersect(wanted, _cell_extents(cells, cs, size))))
     for found in ordered_map(compare, _runs(cells, per_run)):
-        for cell, length, have in found:
+        for _cell, length, written in found:
             result.bytes_compared += length
             progress.advance(length)
-            if have is not None:
+            if written is not None:
                 result.cells_changed += 1
-                result.bytes_written += _write_blocks(target, cell * cs, have, source.cell_bytes(cell, length), ranges)
+                result.bytes_written += written
     progress.finish()
     return result
 
@@ -110,16 +115,27 @@ def _cell_extents(cells: np.ndarray, chunk_size: int, size: int) -> np.ndarray:
     return ext.clip(ext.merge(np.stack([starts, np.full(len(cells), chunk_size, np.uint64)], axis=1)), 0, size)
 
 
-def _write_blocks(target: Target, offset: int, have: bytes, want: bytes, ranges: np.ndarray) -> int:
-    """Write the 4 KiB blocks of ``want`` that differ from ``have``, inside ``ranges``."""
+def _blocks(data: bytes | memoryview, blocks: int) -> np.ndarray:
+    """``data`` as rows of 4 KiB (u64 words), zero-padded to ``blocks`` rows."""
+    if len(data) != blocks * BLOCK:
+        data = bytes(data) + bytes(blocks * BLOCK - len(data))
+    return np.frombuffer(data, dtype=np.uint64).reshape(blocks, BLOCK // 8)
+
+
+def _write_blocks(target: Target, offset: int, have: bytes | memoryview, want: bytes, ranges: np.ndarray) -> int:
+    """Write the 4 KiB blocks of ``want`` that differ from ``have``, inside ``ranges``; in a file,
+    blocks that become all zero are punched out instead (holes, as a full restore leaves them)."""
     n = len(want)
-    pad = -n % BLOCK
-    a = np.frombuffer(have + bytes(pad), dtype=np.uint8).reshape(-1, BLOCK)
-    b = np.frombuffer(want + bytes(pad), dtype=np.uint8).reshape(-1, BLOCK)
-    changed = ext.from_bitmap((a != b).any(axis=1), BLOCK, offset)
+    blocks = -(-n // BLOCK)
+    a, b = _blocks(have, blocks), _blocks(want, blocks)
+    changed = (a != b).any(axis=1)
+    zero = ~b.any(axis=1) if not target.is_block else np.zeros(blocks, dtype=bool)
     written = 0
-    for start, length in ext.intersect(ext.clip(changed, offset, offset + n), ranges).tolist():
-        if not target.is_block:
-            target.zero(start, length)  # a file leaves zero blocks as holes: punch before writing
-        written += target.write(start, memoryview(want)[start - offset:start - offset + length])
+    for mask, punch in ((changed & zero, True), (changed & ~zero, False)):
+        runs = ext.intersect(ext.clip(ext.from_bitmap(mask, BLOCK, offset), offset, offset + n), ranges)
+        for start, length in runs.tolist():
+            if punch:
+                target.zero(start, length)
+            else:
+                written += target.write(start, memoryview(want)[start - offset:start - offset + length])
     return written

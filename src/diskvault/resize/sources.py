@@ -103,9 +103,10 @@ class ImageDisk:
             later.append(np.stack([m.index["disk_offset"], m.index["length"]], axis=1).astype(np.uint64))
         return history
 
-    def cell_bytes(self, cell: int, length: int) -> bytes:
+    def cell_bytes(self, cell: int, length: int, held: tuple[bytes, bytes | memoryview] | None = None) -> bytes:
+        """The cell's bytes; ``held`` as for Chain.decode."""
         j = self.chain.state.lookup(cell * self.chunk_size)
-        return self.chain.decode(j) if j >= 0 else bytes(length)
+        return self.chain.decode(j, held) if j >= 0 else bytes(length)
 
     def _zero_hash(self, length: int) -> bytes:
         if length not in self._zero:
@@ -165,5 +166,5 @@ class FdDisk:
     def digest(self, cell: int, length: int) -> bytes:
         return codec.content_hash(self._cells.read(cell)[0], self.key)
 
-    def cell_bytes(self, cell: int, length: int) -> bytes:
+    def cell_bytes(self, cell: int, length: int, held: tuple[bytes, bytes | memoryview] | None = None) -> bytes:
         return bytes(self._cells.read(cell)[0])

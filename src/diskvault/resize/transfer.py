@@ -264,7 +264,8 @@ def _write(run: Run, plan: LayoutPlan, dev: Target, result: TransferResult, prog
     dev.release()
     if trim:  # the image's free space (exact: inside the restored ranges; else all but the used bytes)
         free = ext.complement(used, dev.size)
-        for start, length in (ext.intersect(dst_ranges, free) if plan.mode == "exact" else free).tolist():
+        free = ext.intersect(dst_ranges, free) if plan.mode == "exact" else free
+        for start, length in ext.intersect(free, dev.allocated()).tolist():
             if dev.discard(start, length):
                 result.bytes_discarded += length
 
