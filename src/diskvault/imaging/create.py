@@ -7,6 +7,7 @@ import os
 import secrets
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -32,6 +33,7 @@ from diskvault.imaging.tracked import SkipKnownCells, cells_to_skip
 from diskvault.ui.progress import NullProgress, Progress
 
 TYPES = {"full": TYPE_FULL, "diff": TYPE_DIFF, "inc": TYPE_INC}
+_side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dv-tracker")  # change tracking beside imaging
 
 
 @dataclass
@@ -133,13 +135,14 @@ def create_image(opts: ImageOptions, progress: Progress | None = None) -> ImageR
             raise
         bytes_read = 0
         new_offsets, new_lengths, new_hashes = [], [], []
+        trackers = None
         try:
             tracked = [] if opts.forensic else [(p.partition.start, p.partition.size) for p in plan.partitions
                                                 if p.method == "used-blocks"]
-            trackers = open_trackers(source.fd, tracked)
+            trackers = _side.submit(open_trackers, source.fd, tracked)  # a Full needs them only at the end
             known = ext.EMPTY
             if parent is not None and opts.change_tracking:
-                known = known_unchanged(trackers, parent.metadata.get(TRACKING_KEY, {}))
+                known = known_unchanged(trackers.result(), parent.metadata.get(TRACKING_KEY, {}))
                 known = ext.intersect(ext.intersect(known, extents), parent.extents)
             reader = CellReader(source.fd, extents, header.chunk_size, source.size)
             job = encoder = CellEncoder(reader, opts.compression, key.hash_key if key else None, sealer, parent,
@@ -173,7 +176,7 @@ def create_image(opts: ImageOptions, progress: Progress | None = None) -> ImageR
                 "table": plan.table.to_dict(),
                 "partitions": [p.to_dict() for p in plan.partitions],
                 "stats": {"bytes_read": bytes_read, "bytes_imaged": int(extents[:, 1].sum()) if len(extents) else 0},
-                TRACKING_KEY: snapshots(trackers),
+                TRACKING_KEY: snapshots(trackers.result()),
             } | (opts.extra_metadata or {})
             digest = state_hash(source.size, np.array(new_offsets, dtype=np.int64),
                                 np.array(new_lengths, dtype=np.int64), np.array(new_hashes, dtype="V16"))
@@ -181,6 +184,8 @@ def create_image(opts: ImageOptions, progress: Progress | None = None) -> ImageR
         except BaseException:
             progress.finish()
             writer.abort()
+            if trackers is not None:
+                wait([trackers])  # it reads the source, which closes next
             raise
         finally:
             if parent is not None:
