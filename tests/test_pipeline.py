@@ -1,0 +1,68 @@
+"""CellReader: used bytes from the source, zeros elsewhere, the same with and without O_DIRECT."""
+
+import os
+
+import numpy as np
+
+from diskvault.imaging.pipeline import CellReader, cells_for
+
+KiB, MiB = 1 << 10, 1 << 20
+
+
+def _expected(disk: bytes, extents: np.ndarray, start: int, end: int) -> bytes:
+    want = bytearray(end - start)
+    for s, n in extents.tolist():
+        a, b = max(s, start), min(s + n, end)
+        if a < b:
+            want[a - start:b - start] = disk[a:b]
+    return bytes(want)
+
+
+def _direct_supported(path) -> bool:
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_DIRECT))
+        return True
+    except OSError:
+        return False
+
+
+def test_cells_read_alike_direct_or_buffered(tmp_path):
+    size = 3 * MiB + 1000  # an unaligned tail: the last cell is read buffered
+    disk = os.urandom(size)
+    path = tmp_path / "disk.img"
+    path.write_bytes(disk)
+    extents = np.array([
+        [100, 5000],                    # unaligned at both ends
+        [200 * KiB + 7, 30 * KiB],      # a gap under READ_THROUGH_GAP from the next: read through
+        [240 * KiB + 3, 1],
+        [MiB - 10, 20],                 # across a cell boundary
+        [2 * MiB + 512, 900 * KiB],     # far from the last one
+        [3 * MiB + 4000, 1000],         # ends at the unaligned end of the disk
+    ], dtype=np.int64)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        direct = CellReader(fd, extents, MiB, size)
+        buffered = CellReader(fd, extents, MiB, size)
+        buffered._direct_fd = None
+        for cell in cells_for(extents, MiB).tolist():
+            start, end = cell * MiB, min((cell + 1) * MiB, size)
+            want = _expected(disk, extents, start, end)
+            got_direct, read_direct = direct.read(cell)
+            assert bytes(got_direct) == want, cell
+            got_buffered, read_buffered = buffered.read(cell)
+            assert bytes(got_buffered) == want, cell
+            assert read_direct == read_buffered, cell
+        if _direct_supported(path):  # and no read fell back to buffered for good
+            assert direct._direct_fd is not None
+    finally:
+        os.close(fd)
+
+
+def test_writable_source_is_not_read_direct(tmp_path):
+    path = tmp_path / "disk.img"
+    path.write_bytes(bytes(MiB))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        assert CellReader(fd, np.array([[0, MiB]]), MiB, MiB)._direct_fd is None
+    finally:
+        os.close(fd)
