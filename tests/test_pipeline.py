@@ -4,7 +4,12 @@ import os
 
 import numpy as np
 
+from diskvault.format import codec
+from diskvault.format.layout import CODEC_NONE, CODEC_ZSTD
+from diskvault.format.reader import ImageFile
+from diskvault.imaging.create import ImageOptions, create_image
 from diskvault.imaging.pipeline import CellReader, cells_for
+from diskvault.imaging.verify import verify_image
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -66,3 +71,20 @@ def test_writable_source_is_not_read_direct(tmp_path):
         assert CellReader(fd, np.array([[0, MiB]]), MiB, MiB)._direct_fd is None
     finally:
         os.close(fd)
+
+
+def test_stored_hash_is_the_hash_of_the_stored_bytes(tmp_path):
+    """Raw cells reuse their content hash as stored hash: it must be BLAKE3 of the bytes in the file."""
+    disk = tmp_path / "disk.img"
+    half = os.urandom(2 * MiB)
+    disk.write_bytes(half + bytes(2 * MiB) + half[:MiB] * 2 + os.urandom(MiB) + b"text " * (MiB // 5))
+    (tmp_path / "img").mkdir()
+    res = create_image(ImageOptions(source=str(disk), to=str(tmp_path / "img"), chunk_size=MiB))
+    with ImageFile(res.image) as im:
+        codecs = set()
+        for i, rec in enumerate(im.index):
+            if rec["stored_length"]:
+                codecs.add(int(rec["codec"]))
+                assert bytes(rec["stored_hash"]) == codec.content_hash(im.read_stored(i)), i
+    assert codecs == {CODEC_NONE, CODEC_ZSTD}
+    assert verify_image(res.image).ok
