@@ -499,6 +499,9 @@ def verdicts(steps: dict[str, Step]) -> list[str]:
          f"{pc_size / MB:.0f} MB (target: no larger)"),
         (f"{mark(restore_speedup >= TARGET_RESTORE_SPEEDUP)} restore speed: diskvault restore is "
          f"{restore_speedup:.2f}x partclone restore (target >= {TARGET_RESTORE_SPEEDUP}x)"),
+        (f"info CPU s (user + sys, less moved by other load than time): image "
+         f"{steps['dv_image'].cpu_seconds:.2f} vs {steps['pc_image'].cpu_seconds:.2f} partclone|zstd, "
+         f"restore {steps['dv_restore'].cpu_seconds:.2f} vs {steps['pc_restore'].cpu_seconds:.2f}"),
     ]
 
 
