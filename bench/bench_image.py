@@ -492,6 +492,9 @@ def verdicts(steps: dict[str, Step]) -> list[str]:
     image_speedup = steps["pc_image"].seconds / steps["dv_image"].seconds
     restore_speedup = steps["pc_restore"].seconds / steps["dv_restore"].seconds
     dv_size, pc_size = steps["dv_image"].output_bytes, steps["pc_image"].output_bytes
+
+    def fastest(key: str) -> float:
+        return steps[key].spread[0] if steps[key].spread else steps[key].seconds
     return [
         (f"{mark(image_speedup >= TARGET_IMAGE_SPEEDUP)} image speed: diskvault image --no-verify is "
          f"{image_speedup:.2f}x partclone|zstd (target >= {TARGET_IMAGE_SPEEDUP}x)"),
@@ -499,6 +502,12 @@ def verdicts(steps: dict[str, Step]) -> list[str]:
          f"{pc_size / MB:.0f} MB (target: no larger)"),
         (f"{mark(restore_speedup >= TARGET_RESTORE_SPEEDUP)} restore speed: diskvault restore is "
          f"{restore_speedup:.2f}x partclone restore (target >= {TARGET_RESTORE_SPEEDUP}x)"),
+        (f"info fastest runs (a slow outlier moves a median of 3): image "
+         f"{fastest('pc_image') / fastest('dv_image'):.2f}x, restore "
+         f"{fastest('pc_restore') / fastest('dv_restore'):.2f}x partclone's"),
+        (f"info CPU s (user + sys, less moved by other load than time): image "
+         f"{steps['dv_image'].cpu_seconds:.2f} vs {steps['pc_image'].cpu_seconds:.2f} partclone|zstd, "
+         f"restore {steps['dv_restore'].cpu_seconds:.2f} vs {steps['pc_restore'].cpu_seconds:.2f}"),
     ]
 
 
@@ -518,6 +527,9 @@ NOTES = [
     ("diskvault restore writes a new image file; partclone restores into a sparse file of the "
      "partition's size (`-O`). Both targets are regular files on the workdir's filesystem."),
     CACHE_NOTE,
+    ("On this VM some `partclone.ext4 -c | zstd` runs take about 2 s longer than the others (8.2-8.3 s "
+     "against 6.3 s, often the first after the loop device is set up); with 3 runs the median can be "
+     "such a run, so the verdicts add a ratio of the fastest runs."),
 ]
 
 

@@ -60,6 +60,7 @@ class ArchiveWriter(ContainerWriter):
             self.stored_bytes += len(stored)
             self.logical_bytes += length
             self.known.add(content_hash)
+            self._start_write_out()
         return True
 
     @property

@@ -14,6 +14,9 @@ LEVELS = {"none": 0, "fast": 3, "high": 12}
 # A cell is compressed on its own: let zstd's window and hash table span the whole 4 MiB cell
 # (measured on system files: 1.5 % smaller than plain level 3 at the same speed).
 _PARAMS = {"window_log": 22, "hash_log": 18}
+# Level 3 (double-fast) with a smaller short-match table (chain_log 16 -> 12): on the bench disk
+# 9 % less compression time for a 0.6 % larger image, still 0.9 % smaller than plain level 3.
+_LEVEL_PARAMS = {3: {**_PARAMS, "chain_log": 12}}
 
 _local = threading.local()
 
@@ -35,7 +38,8 @@ def compress(data, level_name: str) -> tuple[int, bytes]:
         compressors = _local.compressors = {}
     cctx = compressors.get(level)
     if cctx is None:
-        params = zstandard.ZstdCompressionParameters.from_level(level, write_content_size=True, **_PARAMS)
+        params = zstandard.ZstdCompressionParameters.from_level(level, write_content_size=True,
+                                                                **_LEVEL_PARAMS.get(level, _PARAMS))
         cctx = compressors[level] = zstandard.ZstdCompressor(compression_params=params)
     out = cctx.compress(data)
     if len(out) >= len(data):

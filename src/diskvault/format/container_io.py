@@ -11,6 +11,7 @@ Each format supplies its header and footer classes, its part names and its index
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 from collections.abc import Callable
@@ -28,6 +29,23 @@ from diskvault.format.container import FOOTER_SIZE, HEADER_SIZE, Section
 
 PARTIAL_SUFFIX = ".partial"
 MIN_SPLIT = 1 << 20
+# Start writing chunks out every this many bytes, so the closing fsync has little left to wait
+# for: without it the page cache holds the whole image (below the dirty thresholds) until the end.
+WRITE_OUT_STEP = 32 << 20
+_SYNC_FILE_RANGE_WRITE = 2  # start write-out of dirty pages, do not wait
+
+
+def _sync_file_range():
+    """libc's sync_file_range (Linux), or None."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return fn
+
+
+_sync_range = _sync_file_range()
 
 
 def fsync_dir(path: str) -> None:
@@ -121,7 +139,15 @@ class ContainerWriter:
         self._f = open(self.temp_paths[-1], "wb", buffering=0)
         self._f.write(replace(self.header, split_part=part).pack())
         self._offset = HEADER_SIZE
+        self._written_out = 0  # write-out started up to here
         self._part_has_chunks = False
+
+    def _start_write_out(self) -> None:
+        """Every WRITE_OUT_STEP bytes, start (not wait for) writing the part's new bytes to disk."""
+        if _sync_range and self._offset - self._written_out >= WRITE_OUT_STEP:
+            _sync_range(self._f.fileno(), self._written_out, self._offset - self._written_out,
+                        _SYNC_FILE_RANGE_WRITE)  # a failure here shows at the fsync
+            self._written_out = self._offset
 
     def _room_for(self, n: int) -> None:
         """Start a new part when ``n`` more bytes would pass the split size (a part holds at least

@@ -16,8 +16,8 @@ from diskvault.crypto.aead import Sealer
 from diskvault.format import codec
 from diskvault.format.container_io import MIN_SPLIT, PARTIAL_SUFFIX, ContainerWriter, fsync_dir
 from diskvault.format.layout import (
-    EXTENTS_DTYPE, INDEX_DTYPE, SECTION_EXTENTS, SECTION_INDEX, SECTION_METADATA, SECTION_NAMES, Footer,
-    Header,
+    CODEC_NONE, EXTENTS_DTYPE, INDEX_DTYPE, SECTION_EXTENTS, SECTION_INDEX, SECTION_METADATA, SECTION_NAMES,
+    Footer, Header,
 )
 
 # MIN_SPLIT, PARTIAL_SUFFIX and fsync_dir live in container_io.py; importable from here as before.
@@ -53,12 +53,18 @@ class ImageWriter(ContainerWriter):
             self._room_for(len(stored))
             self._f.write(stored)
             self._part_has_chunks = True
+        if not stored:
+            stored_hash = b"\0" * 16
+        elif codec_id == CODEC_NONE and not flags and self.sealer is None and len(stored) == length:
+            stored_hash = content_hash  # the cell's bytes as they are, and an unkeyed hash: the same BLAKE3
+        else:
+            stored_hash = codec.content_hash(stored)
         self._records.append((disk_offset, self._offset if stored else 0, length, len(stored), flags, codec_id,
-                              0, len(self.final_paths) - 1 if stored else 0, content_hash,
-                              codec.content_hash(stored) if stored else b"\0" * 16))
+                              0, len(self.final_paths) - 1 if stored else 0, content_hash, stored_hash))
         self._offset += len(stored)
         self.stored_bytes += len(stored)
         self.logical_bytes += length
+        self._start_write_out()
 
     def index_array(self) -> np.ndarray:
         return np.array(self._records, dtype=INDEX_DTYPE)

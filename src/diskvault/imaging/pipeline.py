@@ -3,12 +3,19 @@
 A cell is the ``chunk_size`` slice of the disk at a multiple of ``chunk_size``. A cell is read only
 where it holds used bytes (small gaps are read through, then zeroed), so free blocks read as zeros
 and compress to nothing. Workers are threads: os.preadv, blake3 and zstd release the GIL.
+
+A source opened read-only is read with O_DIRECT where it can be: the bytes are read once, so
+copying them through the page cache only costs CPU (a fifth of the kernel time of an image) and
+evicts other files' pages. The source's own descriptor stays as it is (buffered).
 """
 
 from __future__ import annotations
 
+import fcntl
+import mmap
 import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +31,7 @@ from diskvault.format.layout import CHUNK_PATCH
 from diskvault.format.patch import make_patch
 
 READ_THROUGH_GAP = 64 << 10  # read a free gap smaller than this instead of seeking over it
+DIRECT_ALIGN = 4096  # O_DIRECT offsets, lengths and buffers: a multiple of every logical block size
 DEFAULT_WORKERS = max(2, (os.cpu_count() or 2) + 1)
 
 T = TypeVar("T")
@@ -51,13 +59,29 @@ class CellReader:
         self._starts = extents[:, 0].astype(np.int64)
         self._ends = self._starts + extents[:, 1].astype(np.int64)
         self._local = threading.local()
-        self._zeros = bytes(chunk_size)
+        self._zeros = memoryview(bytes(chunk_size))
+        self._direct_fd = _open_direct(fd) if chunk_size % DIRECT_ALIGN == 0 else None
+        if self._direct_fd is not None:
+            weakref.finalize(self, os.close, self._direct_fd)
 
     def _buffer(self) -> memoryview:
         buf = getattr(self._local, "buf", None)
-        if buf is None:
-            buf = self._local.buf = memoryview(bytearray(self.chunk_size))
+        if buf is None:  # page-aligned (O_DIRECT), and reused: no page faults for fresh memory
+            buf = self._local.buf = memoryview(mmap.mmap(-1, self.chunk_size))
         return buf
+
+    def _read_span(self, buf: memoryview, a: int, b: int, start: int, length: int) -> int:
+        """Read [a, b) of the cell at ``start`` into ``buf``; bytes of [a, b) read. Direct reads
+        cover the span's aligned bounds: the bytes around it are zeroed after when not used."""
+        if self._direct_fd is not None:
+            a0, b0 = a - a % DIRECT_ALIGN, -(-b // DIRECT_ALIGN) * DIRECT_ALIGN
+            if b0 <= length:  # not for a disk's unaligned tail
+                try:
+                    n = _pread_full(self._direct_fd, buf[a0:b0], start + a0)
+                    return max(0, min(a0 + n, b) - a)
+                except OSError:  # a source that takes O_DIRECT at open but not at read
+                    self._direct_fd = None
+        return _pread_full(self.fd, buf[a:b], start + a)
 
     def cell_range(self, cell: int) -> tuple[int, int]:
         start = cell * self.chunk_size
@@ -84,7 +108,7 @@ class CellReader:
                 spans.append([a, b])
         read = 0
         for a, b in spans:
-            n = _pread_full(self.fd, buf[a:b], start + a)
+            n = self._read_span(buf, a, b, start, length)
             read += n
             if n < b - a:
                 buf[a + n:b] = self._zeros[:b - a - n]
@@ -97,6 +121,16 @@ class CellReader:
         if pos < length:
             buf[pos:length] = self._zeros[:length - pos]
         return buf[:length], read
+
+
+def _open_direct(fd: int) -> int | None:
+    """A second, O_DIRECT descriptor of what the read-only ``fd`` reads, or None."""
+    try:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY:
+            return None
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except (OSError, AttributeError):  # no O_DIRECT here (tmpfs, other systems)
+        return None
 
 
 def _pread_full(fd: int, view: memoryview, offset: int) -> int:
