@@ -193,31 +193,32 @@ class HeldBack:
     def __getattr__(self, name: str):
         return getattr(self._target, name)
 
-    def _split(self, offset: int, data: memoryview) -> list[tuple[int, memoryview]]:
-        """The pieces of ``data`` outside the held regions; the rest is kept in them."""
-        pieces: list[tuple[int, memoryview]] = []
-        pos, end = offset, offset + len(data)
+    def _split(self, offset: int, length: int, data: memoryview | None = None) -> list[tuple[int, int]]:
+        """The (offset, length) pieces of [offset, offset+length) outside the held regions; the
+        parts inside them are kept there (``data``'s bytes, or zeros)."""
+        pieces: list[tuple[int, int]] = []
+        pos, end = offset, offset + length
         for start, held in sorted(self._held.items()):
             a, b = max(pos, start), min(end, start + len(held))
             if a >= b:
                 continue
-            held[a - start:b - start] = data[a - offset:b - offset]
+            held[a - start:b - start] = data[a - offset:b - offset] if data is not None else bytes(b - a)
             if a > pos:
-                pieces.append((pos, data[pos - offset:a - offset]))
+                pieces.append((pos, a - pos))
             pos = b
         if pos < end:
-            pieces.append((pos, data[pos - offset:]))
+            pieces.append((pos, end - pos))
         return pieces
 
     def write(self, offset: int, data: bytes | memoryview) -> int:
         view = memoryview(data)
-        pieces = self._split(offset, view)
-        held = len(view) - sum(len(piece) for _o, piece in pieces)
-        return held + sum(self._target.write(o, piece) for o, piece in pieces)
+        pieces = self._split(offset, len(view), view)
+        held = len(view) - sum(n for _o, n in pieces)
+        return held + sum(self._target.write(o, view[o - offset:o - offset + n]) for o, n in pieces)
 
     def zero(self, offset: int, length: int) -> None:
-        for o, piece in self._split(offset, memoryview(bytes(length))):
-            self._target.zero(o, len(piece))
+        for o, n in self._split(offset, length):
+            self._target.zero(o, n)
 
     def read(self, offset: int, length: int) -> bytes:
         out = bytearray(self._target.read(offset, length))
