@@ -22,7 +22,8 @@ from typing import BinaryIO
 import blake3
 import numpy as np
 
-from diskvault.browse.ext_inode import EXT_INIT_MAX_LEN, EXT4_EXTENTS_FL, EXTENT_HEADER, EXTENT_MAGIC, MAX_EXTENT_DEPTH
+from diskvault.browse.ext_inode import EXT_INIT_MAX_LEN, EXT4_EXTENTS_FL, EXTENT_MAGIC, extent_runs
+from diskvault.browse.runs import ZERO
 from diskvault.errors import FilesystemError
 from diskvault.fs import c_ext as C
 from diskvault.fs import extents as ext
@@ -100,11 +101,11 @@ class ExtTracker:
         owner, starts, counts, trees = [], [], [], {}
         for k in range(4):
             e = root[:, 12 + 12 * k:24 + 12 * k]
-            take = leaf & (entries > k)
             length = u16(e, 4)
+            take = leaf & (entries > k) & (length <= EXT_INIT_MAX_LEN)  # written extents (as extent_runs)
             owner.append(np.flatnonzero(take))
             starts.append((u16(e, 6) << 32 | u32(e, 8))[take])
-            counts.append(np.where(length > EXT_INIT_MAX_LEN, length - EXT_INIT_MAX_LEN, length)[take])
+            counts.append(length[take])
         for k in np.flatnonzero(~leaf).tolist():  # deeper trees: walk their blocks
             runs, trees[k] = self._extents(root[k].tobytes())
             owner.append(np.full(len(runs), k))
@@ -119,30 +120,19 @@ class ExtTracker:
                 blake3.blake3(row.tobytes() + trees.get(k, b"")).digest(16) for k, row in enumerate(rows)), dtype="V16")
 
     def _extents(self, root: bytes) -> tuple[np.ndarray, bytes]:
-        """(physical [block, count] rows of every extent, written or not; the raw tree blocks)."""
-        out: list[tuple[int, int]] = []
+        """(physical [block, count] rows of the written extents of a deeper tree; its raw blocks)."""
         tree: list[bytes] = []
 
-        def walk(node: bytes, depth: int | None) -> None:
-            magic, entries, _max, node_depth, _gen = EXTENT_HEADER.unpack_from(node, 0)
-            if magic != EXTENT_MAGIC or node_depth > MAX_EXTENT_DEPTH or (depth is not None and node_depth != depth) \
-                    or 12 + 12 * entries > len(node):
-                raise FilesystemError("corrupt extent tree")
-            for i in range(entries):
-                if node_depth == 0:
-                    _first, length, hi, lo = struct.unpack_from("<IHHI", node, 12 + 12 * i)
-                    out.append((hi << 32 | lo, length - EXT_INIT_MAX_LEN if length > EXT_INIT_MAX_LEN else length))
-                else:
-                    _first, lo, hi, _unused = struct.unpack_from("<IIHH", node, 12 + 12 * i)
-                    block = read_at(self._fh, (hi << 32 | lo) * self._fs.block_size, self._fs.block_size)
-                    tree.append(block)
-                    walk(block, node_depth - 1)
+        def read_block(block: int) -> bytes:
+            tree.append(read_at(self._fh, block * self._fs.block_size, self._fs.block_size))
+            return tree[-1]
 
         try:
-            walk(root, None)
+            runs = extent_runs(root, read_block, "extent tree")
         except (FilesystemError, struct.error):
             return np.zeros((0, 2), np.uint64), b"corrupt"  # vouches for nothing
-        return np.array(out, dtype=np.uint64).reshape(-1, 2), b"".join(tree)
+        rows = [(r.physical, r.count) for r in runs if r.physical != ZERO]
+        return np.array(rows, dtype=np.uint64).reshape(-1, 2), b"".join(tree)
 
     # ----------------------------------------------------------------- protocol
 
