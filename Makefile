@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml scripts/install-system-deps.sh
 	python3 -m venv $(VENV) || { apt-get install -y -qq python3-venv && python3 -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m compileall -q src/diskvault  # as a wheel install would: start-up reads bytecode, not source
 	touch $(STAMP)
 
 demo: install

@@ -32,6 +32,12 @@ class Tracker(Protocol):
         ``earlier`` was taken; empty when ``earlier`` is for another filesystem."""
         ...
 
+    def candidates(self) -> np.ndarray:
+        """Byte extents (relative to the filesystem) that ``unchanged`` could return: everything
+        else is always read. Opening a tracker reads all it needs; this and the two calls above
+        only compute, so they may run while other threads write the filesystem's disk."""
+        ...
+
 
 def open_tracker(fd: int, start: int, size: int) -> Tracker | None:
     """The tracker for the filesystem at [start, start+size) of ``fd``, or None when there is none
@@ -61,6 +67,12 @@ def open_trackers(fd: int, partitions: list[tuple[int, int]]) -> dict[int, Track
 def snapshots(trackers: dict[int, Tracker]) -> dict:
     """The metadata value to store in an image."""
     return {str(start): t.snapshot() for start, t in trackers.items()}
+
+
+def candidates(trackers: dict[int, Tracker]) -> np.ndarray:
+    """Disk byte extents the trackers could vouch for (see Tracker.candidates)."""
+    found = [extents.shift(t.candidates(), start) for start, t in trackers.items()]
+    return extents.merge(np.concatenate(found)) if found else extents.EMPTY.copy()
 
 
 def known_unchanged(trackers: dict[int, Tracker], earlier: dict) -> np.ndarray:

@@ -16,6 +16,7 @@ the filesystem are not seen - use ``--no-change-tracking`` after such surgery.
 from __future__ import annotations
 
 import base64
+import functools
 import struct
 from typing import BinaryIO
 
@@ -113,11 +114,20 @@ class ExtTracker:
             counts.append(runs[:, 1])
         self._owner = np.concatenate(owner)
         self._runs = np.stack([np.concatenate(starts), np.concatenate(counts)], axis=1).astype(np.uint64)
-        self.fingerprints = np.zeros(len(rows), dtype=FINGERPRINT)
-        self.fingerprints["ino"] = self.numbers
-        if len(rows):
-            self.fingerprints["digest"] = np.frombuffer(b"".join(
-                blake3.blake3(row.tobytes() + trees.get(k, b"")).digest(16) for k, row in enumerate(rows)), dtype="V16")
+        self._rows, self._trees = rows, trees  # hashed when first needed: that reads nothing more
+
+    @functools.cached_property
+    def fingerprints(self) -> np.ndarray:
+        out = np.zeros(len(self.numbers), dtype=FINGERPRINT)
+        out["ino"] = self.numbers
+        if len(out):  # the hot loop of a scan: one slice and one hash per file
+            raw, n, h = self._rows.tobytes(), self._rows.shape[1], blake3.blake3
+            digests = [h(raw[i:i + n]).digest(16) for i in range(0, len(raw), n)]
+            for k, tree in self._trees.items():
+                digests[k] = h(raw[k * n:(k + 1) * n] + tree).digest(16)
+            out["digest"] = np.frombuffer(b"".join(digests), dtype="V16")
+        del self._rows, self._trees
+        return out
 
     def _extents(self, root: bytes) -> tuple[np.ndarray, bytes]:
         """(physical [block, count] rows of the written extents of a deeper tree; its raw blocks)."""
@@ -149,8 +159,13 @@ class ExtTracker:
         same = found.copy()
         same[found] = (before["ino"][i[found]] == self.numbers[found]) & (
             before["digest"][i[found]] == self.fingerprints["digest"][found])
-        blocks = self._runs[same[self._owner]] if len(self._runs) else self._runs
+        return self._byte_extents(self._runs[same[self._owner]] if len(self._runs) else self._runs)
+
+    def candidates(self) -> np.ndarray:
+        return self._byte_extents(self._runs)
+
+    def _byte_extents(self, blocks: np.ndarray) -> np.ndarray:
+        """Byte extents of [block, count] rows that lie inside the filesystem."""
         fs = self._fs
         inside = (blocks[:, 0] >= fs.first_data_block) & (blocks[:, 0] + blocks[:, 1] <= fs.blocks_count)
-        blocks = blocks[inside] * np.uint64(fs.block_size)
-        return ext.merge(blocks)
+        return ext.merge(blocks[inside] * np.uint64(fs.block_size))

@@ -9,10 +9,7 @@ every image of a set (same salt and parameters) opens with the set's password.
 
 from __future__ import annotations
 
-import getpass
-import hmac
 import os
-import secrets
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +34,7 @@ class KdfParams:
     @classmethod
     def new(cls) -> "KdfParams":
         memory = int(os.environ.get("DISKVAULT_KDF_MEMORY_KIB", DEFAULT_MEMORY_KIB))
-        return cls(secrets.token_bytes(32), DEFAULT_TIME, memory, DEFAULT_PARALLELISM)
+        return cls(os.urandom(32), DEFAULT_TIME, memory, DEFAULT_PARALLELISM)
 
 
 @dataclass(frozen=True)
@@ -66,6 +63,7 @@ def derive(password: str, kdf: KdfParams) -> SetKey:
 def unlock(password: str, kdf: KdfParams, key_check: bytes, path: str) -> SetKey:
     """The set key, or WrongPasswordError when the password does not match the header's check."""
     key = derive(password, kdf)
+    import hmac  # here: it loads OpenSSL, which plain images never need
     if not hmac.compare_digest(key.key_check, key_check):
         raise WrongPasswordError(path)
     return key
@@ -90,6 +88,7 @@ def password_source(password_file: str | None = None, password_env: str | None =
                 raise UsageError(f"environment variable {password_env} is not set")
             pw = os.environ[password_env]
         elif sys.stdin.isatty():
+            import getpass
             pw = getpass.getpass("Password: ")
             if confirm and getpass.getpass("Repeat password: ") != pw:
                 raise UsageError("passwords do not match")

@@ -61,8 +61,8 @@ class CellReader:
         self._local = threading.local()
         self._zeros = memoryview(bytes(chunk_size))
         self._direct_fd = _open_direct(fd) if chunk_size % DIRECT_ALIGN == 0 else None
-        if self._direct_fd is not None:
-            weakref.finalize(self, os.close, self._direct_fd)
+        self.close = weakref.finalize(self, os.close, self._direct_fd) if self._direct_fd is not None else (
+            lambda: None)
 
     def _buffer(self) -> memoryview:
         buf = getattr(self._local, "buf", None)

@@ -50,11 +50,10 @@ def run_server(chain: Chain, state: dict, plan: list[tuple[int, str, str]], file
     stop_requested = threading.Event()
 
     def send(msg: dict) -> None:
-        with lock:
-            if outcome.get("notified"):
-                return
-            outcome["notified"] = True
-        notify(msg)
+        with lock:  # held while writing: the other sender returns only after, then the process may exit
+            if not outcome.get("notified"):
+                outcome["notified"] = True
+                notify(msg)
 
     def record(a: Attachment) -> None:
         state["attached"].append(asdict(a))

@@ -12,21 +12,20 @@ last (disk.target.HeldBack), so a target left by an interrupted restore vouches 
 
 from __future__ import annotations
 
-import mmap
 import os
-import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from diskvault.changes import known_unchanged, open_trackers, partition_spans
+from diskvault.changes import candidates, known_unchanged, open_trackers, partition_spans
 from diskvault.disk.target import Target
 from diskvault.format import codec
 from diskvault.fs import extents as ext
 from diskvault.imaging.pipeline import CellReader, cells_for, ordered_map
 from diskvault.ui.progress import Progress
 
-RUN_BYTES = 16 << 20  # target bytes read per job
 BLOCK = 4096
 
 
@@ -37,75 +36,73 @@ class DeltaResult:
     cells_changed: int = 0
 
 
-def _runs(cells: np.ndarray, per_run: int) -> list[np.ndarray]:
-    """Consecutive cells grouped, at most ``per_run`` to a group."""
-    groups = np.split(cells, np.flatnonzero(np.diff(cells) != 1) + 1) if len(cells) else []
-    return [g[i:i + per_run] for g in groups for i in range(0, len(g), per_run)]
+@dataclass
+class Tracked:
+    """What a target's filesystems can say: ``possible`` bytes they could vouch for (found by
+    reading the target, before anything is written to it), and ``known()``, the bytes they do
+    vouch for: it only computes, so it runs while the other cells are compared and written."""
+
+    possible: np.ndarray
+    known: Callable[[], np.ndarray]
 
 
-def known_on_target(source, target: Target) -> np.ndarray:
+def tracked_on_target(source, target: Target) -> Tracked:
     """Bytes of the target that its filesystems show hold what ``source`` holds there: the data of
     files whose inodes on the target are as in a member of the source's chain (diskvault.changes)
     and that no newer member changed, inside what the source uses."""
     trackers = open_trackers(target.fd, partition_spans(source.table, source.size))
-    known = [ext.intersect(known_unchanged(trackers, snaps), ext.complement(newer, source.size))
-             for snaps, newer in source.tracking_history()] if trackers else []
-    return ext.intersect(ext.merge(np.concatenate(known)), source.used) if known else ext.EMPTY.copy()
+
+    def known() -> np.ndarray:
+        found = [ext.intersect(known_unchanged(trackers, snaps), ext.complement(newer, source.size))
+                 for snaps, newer in source.tracking_history()] if trackers else []
+        return ext.intersect(ext.merge(np.concatenate(found)), source.used) if found else ext.EMPTY.copy()
+
+    return Tracked(ext.intersect(candidates(trackers), source.used), known)
 
 
 def delta_copy(source, target: Target, ranges: np.ndarray, progress: Progress,
-               known: np.ndarray | None = None) -> DeltaResult:
+               tracked: Tracked | None = None) -> DeltaResult:
     """Make ``ranges`` (disk = target coordinates) of the target hold what ``source`` holds there.
-    Cells whose bytes are all ``known`` to be equal already are neither read nor compared."""
+    Cells whose bytes are all ``tracked`` as equal already are neither read nor compared; the cells
+    no tracker could vouch for are compared while the trackers work that out."""
     cs, size = source.chunk_size, source.size
     wanted = ext.intersect(source.used, ranges)
-    cells = cells_for(wanted, cs)
-    if known is not None and len(known):
-        cells = cells_for(ext.intersect(wanted, ext.complement(known, size)), cs)
-    mask = CellReader(target.fd, source.used, cs, size)  # its used_in() tells which bytes count
+    tracked = tracked or Tracked(ext.EMPTY, lambda: ext.EMPTY)
+    first = cells_for(ext.intersect(wanted, ext.complement(tracked.possible, size)), cs)
+    read_fd = os.open(target.path, os.O_RDONLY | os.O_CLOEXEC)  # read-only: CellReader adds O_DIRECT
+    reader = CellReader(read_fd, source.used, cs, size)  # free bytes read as zeros, as the image hashed them
     result = DeltaResult()
-    per_run = max(1, RUN_BYTES // cs)
-    local = threading.local()
-    zeros = bytes(cs * per_run)
 
-    def compare(run: np.ndarray) -> list[tuple[int, int, int | None]]:
-        """(cell, length, bytes written when the target's masked bytes differed from the source's).
-        Differing cells are decoded and written here, on a worker: cells do not overlap."""
-        start, end = int(run[0]) * cs, min((int(run[-1]) + 1) * cs, size)
-        buf = getattr(local, "buf", None)
-        if buf is None:  # one reused buffer per worker: no page faults for fresh memory per run
-            buf = local.buf = memoryview(mmap.mmap(-1, len(zeros)))
-        view, got = buf[:end - start], 0
-        while got < len(view):
-            n = os.preadv(target.fd, [view[got:]], start + got)
-            if n == 0:
-                view[got:] = zeros[:len(view) - got]  # past the end of the target
-                break
-            got += n
-        pos = 0
-        for a, b in mask.used_in(start, end) + [(end - start, end - start)]:  # free bytes read as zeros
-            view[pos:a] = zeros[:a - pos]
-            pos = b
-        out = []
-        for cell in run.tolist():
-            cell_view = view[cell * cs - start:min(cell * cs + cs, size) - start]
-            have = codec.content_hash(cell_view, source.key)
-            if have == source.digest(cell, len(cell_view)):
-                out.append((cell, len(cell_view), None))
-            else:  # the target often holds the cell a patch applies to: then that is not decoded
-                want = source.cell_bytes(cell, len(cell_view), (have, cell_view))
-                out.append((cell, len(cell_view), _write_blocks(target, cell * cs, cell_view, want, ranges)))
-        return out
+    def compare(cell: int) -> tuple[int, int | None]:
+        """(length, bytes written when the target's bytes differed from the source's). Differing
+        cells are decoded and written here, on a worker: cells do not overlap."""
+        view, _ = reader.read(cell)
+        have = codec.content_hash(view, source.key)
+        if have == source.digest(cell, len(view)):
+            return len(view), None
+        # the target often holds the cell a patch applies to: then that is not decoded
+        want = source.cell_bytes(cell, len(view), (have, view))
+        return len(view), _write_blocks(target, cell * cs, view, want, ranges)
+
+    def cells(known: Future) -> Iterator[int]:
+        yield from first.tolist()
+        rest = np.setdiff1d(cells_for(ext.intersect(wanted, ext.complement(known.result(), size)), cs), first)
+        compared = ext.intersect(wanted, _cell_extents(np.union1d(first, rest), cs, size))
+        progress.advance(ext.total(wanted) - ext.total(compared))  # known equal: not compared
+        yield from rest.tolist()
 
     progress.start("comparing", ext.total(wanted))
-    progress.advance(ext.total(wanted) - ext.total(ext.intersect(wanted, _cell_extents(cells, cs, size))))
-    for found in ordered_map(compare, _runs(cells, per_run)):
-        for _cell, length, written in found:
-            result.bytes_compared += length
-            progress.advance(length)
-            if written is not None:
-                result.cells_changed += 1
-                result.bytes_written += written
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="dv-tracker") as side:
+            for length, written in ordered_map(compare, cells(side.submit(tracked.known))):
+                result.bytes_compared += length
+                progress.advance(length)
+                if written is not None:
+                    result.cells_changed += 1
+                    result.bytes_written += written
+    finally:
+        reader.close()
+        os.close(read_fd)
     progress.finish()
     return result
 

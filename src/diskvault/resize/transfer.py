@@ -26,7 +26,7 @@ from diskvault.fs.c_ext import SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE
 from diskvault.fs.xfs import XfsReader
 from diskvault.imaging.plan import probe_filesystem
 from diskvault.resize import fstools
-from diskvault.resize.delta import delta_copy, known_on_target
+from diskvault.resize.delta import delta_copy, tracked_on_target
 from diskvault.resize.layout import EBR_OFFSET, LayoutPlan, Placement, plan_layout, read_layout_file
 from diskvault.resize.sources import FdDisk, Segment, mapped, pieces
 from diskvault.ui.progress import NullProgress, Progress
@@ -237,10 +237,10 @@ def _write(run: Run, plan: LayoutPlan, dev: Target, result: TransferResult, prog
                                     dtype=np.uint64).reshape(-1, 2))
     used = mapped(source.used, segments)
     trim = opts.trim and (not dev.is_block or supports_discard(dev.path))
-    known = known_on_target(source, dev) if opts.delta else None  # before the superblocks are held back
+    tracked = tracked_on_target(source, dev) if opts.delta else None  # before the superblocks are held back
     dev = HeldBack(dev, _superblocks(run, plan, dst_ranges))
     if opts.delta:
-        delta = delta_copy(source, dev, dst_ranges, progress, known)
+        delta = delta_copy(source, dev, dst_ranges, progress, tracked)
         result.bytes_compared, result.bytes_written = delta.bytes_compared, delta.bytes_written
     else:
         if not dev.is_block:
