@@ -39,6 +39,19 @@ S_IFMT, S_IFREG = 0xF000, 0x8000
 EXT4_EA_INODE_FL = 0x00200000
 ORPHAN_FILE_INUM_OFFSET = 0x280  # s_orphan_file_inum (not in c_ext's table: only read here)
 I_BLOCK = slice(0x28, 0x28 + 60)
+# the inode fields a scan reads (offset, type); i_block starts with the extent header, then up to 4
+# extents: ee_block u32, ee_len u16, ee_start_hi u16, ee_start_lo u32
+INODE_FIELDS = {"mode": (0x00, "<u2"), "dtime": (0x14, "<u4"), "links": (0x1A, "<u2"), "flags": (0x20, "<u4"),
+                "magic": (0x28, "<u2"), "entries": (0x2A, "<u2"), "depth": (0x2E, "<u2")} | {
+    f"{name}{k}": (0x28 + 12 + 12 * k + off, kind) for k in range(4)
+    for name, off, kind in (("len", 4, "<u2"), ("hi", 6, "<u2"), ("lo", 8, "<u4"))}
+
+
+def _fields(rows: np.ndarray) -> np.ndarray:
+    """INODE_FIELDS of every row of an (n, inode_size) uint8 array, as a structured view (no copy)."""
+    dtype = np.dtype({"names": list(INODE_FIELDS), "formats": [k for _o, k in INODE_FIELDS.values()],
+                      "offsets": [o for o, _k in INODE_FIELDS.values()], "itemsize": rows.shape[1]})
+    return np.ascontiguousarray(rows).view(dtype).reshape(-1)
 
 
 class ExtTracker:
@@ -83,32 +96,29 @@ class ExtTracker:
 
     def _scan(self) -> None:
         numbers, rows = self._inode_rows()
-        u16 = lambda a, off: a[:, off].astype(np.uint64) | a[:, off + 1].astype(np.uint64) << 8  # noqa: E731
-        u32 = lambda a, off: u16(a, off) | u16(a, off + 2) << 16  # noqa: E731
+        f = _fields(rows)
         first_ino = max(self._fs.sb["s_first_ino"], 11) if self._fs.sb["s_rev_level"] else 11
-        flags = u32(rows, 0x20)
-        files = (((u16(rows, 0x00) & S_IFMT) == S_IFREG) & (u16(rows, 0x1A) > 0) & (u32(rows, 0x14) == 0)
-                 & (flags & EXT4_EXTENTS_FL != 0) & (flags & EXT4_EA_INODE_FL == 0)
+        files = (((f["mode"] & S_IFMT) == S_IFREG) & (f["links"] > 0) & (f["dtime"] == 0)
+                 & (f["flags"] & EXT4_EXTENTS_FL != 0) & (f["flags"] & EXT4_EA_INODE_FL == 0)
                  & (numbers >= first_ino) & ~np.isin(numbers, list(self._excluded())))
         self.numbers = numbers[files]
-        rows = rows[files].copy()
+        rows = rows[files]
         for a, b in VOLATILE:
             if b <= rows.shape[1]:
                 rows[:, a:b] = 0
         # extents in i_block itself (depth 0, the common case), decoded for all files at once
-        root = np.ascontiguousarray(rows[:, I_BLOCK])
-        entries = u16(root, 2)
-        leaf = (u16(root, 0) == EXTENT_MAGIC) & (u16(root, 6) == 0) & (entries <= 4)
+        f = _fields(rows)
+        entries = f["entries"]
+        leaf = (f["magic"] == EXTENT_MAGIC) & (f["depth"] == 0) & (entries <= 4)
         owner, starts, counts, trees = [], [], [], {}
         for k in range(4):
-            e = root[:, 12 + 12 * k:24 + 12 * k]
-            length = u16(e, 4)
+            length = f[f"len{k}"]
             take = leaf & (entries > k) & (length <= EXT_INIT_MAX_LEN)  # written extents (as extent_runs)
             owner.append(np.flatnonzero(take))
-            starts.append((u16(e, 6) << 32 | u32(e, 8))[take])
+            starts.append((f[f"hi{k}"].astype(np.uint64) << 32 | f[f"lo{k}"])[take])
             counts.append(length[take])
         for k in np.flatnonzero(~leaf).tolist():  # deeper trees: walk their blocks
-            runs, trees[k] = self._extents(root[k].tobytes())
+            runs, trees[k] = self._extents(rows[k, I_BLOCK].tobytes())
             owner.append(np.full(len(runs), k))
             starts.append(runs[:, 0])
             counts.append(runs[:, 1])
