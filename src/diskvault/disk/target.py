@@ -131,14 +131,15 @@ class Target:
 
     def read(self, offset: int, length: int) -> bytes:
         """What the target holds now (delta comparison, verification); zeros past its end."""
-        out = bytearray(length)
-        view, done = memoryview(out), 0
-        while done < length:
-            n = os.preadv(self.fd, [view[done:]], offset + done)
-            if n == 0:
+        chunks, done = [], 0
+        while done < length:  # bytes straight from pread: a bytearray copied to bytes page-faults twice
+            chunk = os.pread(self.fd, length - done, offset + done)
+            if not chunk:
                 break
-            done += n
-        return bytes(out)
+            chunks.append(chunk)
+            done += len(chunk)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return data if done == length else data + bytes(length - done)
 
 
 @functools.cache

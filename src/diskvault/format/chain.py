@@ -189,17 +189,18 @@ class Chain:
 
     def read(self, offset: int, length: int) -> bytes:
         """Bytes of the disk at ``offset`` as it was at the newest image; absent cells are zeros."""
-        out = bytearray(length)
+        pieces: list[bytes | memoryview] = []  # joined in one allocation
         end = min(offset + length, self.disk_size)
         pos, cs = offset, self.chunk_size
         while pos < end:
             cell_start = pos - pos % cs
             cell_end = min(cell_start + cs, end)
             j = self.state.lookup(cell_start)
-            if j >= 0:
-                out[pos - offset:cell_end - offset] = self.cell(j)[pos - cell_start:cell_end - cell_start]
+            pieces.append(memoryview(self.cell(j))[pos - cell_start:cell_end - cell_start] if j >= 0
+                          else bytes(cell_end - pos))
             pos = cell_end
-        return bytes(out)
+        pieces.append(bytes(max(0, offset + length - max(end, offset))))
+        return b"".join(pieces)
 
 
 class ChainWindow(ReadAtFile):

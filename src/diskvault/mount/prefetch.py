@@ -38,17 +38,19 @@ class PrefetchReader:
             return b""
         first = int(np.searchsorted(chain.state.offsets, offset - offset % cs))
         self._maybe_prefetch(first)
-        out = bytearray(end - offset)
+        pieces: list[bytes | memoryview] = []  # joined in one allocation; absent cells are zeros
         offsets, count = chain.state.offsets, len(chain.state.offsets)
-        j = first
+        j, pos = first, offset
         while j < count and int(offsets[j]) < end:
             cell_start = int(offsets[j])
             data = self._cell(j)
             a, b = max(offset, cell_start), min(end, cell_start + len(data))
             if a < b:
-                out[a - offset:b - offset] = memoryview(data)[a - cell_start:b - cell_start]
+                pieces += [bytes(a - pos), memoryview(data)[a - cell_start:b - cell_start]]
+                pos = b
             j += 1
-        return bytes(out)
+        pieces.append(bytes(end - pos))
+        return b"".join(pieces)
 
     def _cell(self, j: int) -> bytes:
         with self._lock:
