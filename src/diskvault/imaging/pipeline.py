@@ -112,8 +112,9 @@ class CellReader:
             read += n
             if n < b - a:
                 buf[a + n:b] = self._zeros[:b - a - n]
+        known = memoryview(base)  # sliced without copying
         for a, b in given or ():
-            buf[a:b] = base[a:b]
+            buf[a:b] = known[a:b]
         # zero what is not used: gaps read through and space outside every span
         pos = 0
         for a, b in used:
