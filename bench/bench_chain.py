@@ -105,9 +105,11 @@ def main() -> None:
               f"incremental read {inc['bytes_read'] / MB:.0f} MB of the {used / MB:.0f} MB used "
               f"({plain['bytes_read'] / MB:.0f} MB without change tracking)", "```", "",
               "- With change tracking (the default) the Incremental skips the 4 MiB cells that hold only data of files whose "
-              "inodes are as in the parent; every other used cell is read once and hashed (BLAKE3). Only the changed 64 KiB "
-              "blocks of changed cells are compressed and written. The 1 % change here touches 200 files spread over the "
-              "disk, so many cells are still read."]
+              "inodes are as in the parent. A cell at least half of whose used bytes are such data is read only where it is "
+              "not, the rest taken from the parent's cell (decoded anyway when the cell changed, for its patch); every other "
+              "used cell is read whole. Each is hashed (BLAKE3); only the changed 64 KiB blocks of changed cells are "
+              "compressed and written. The 1 % change here touches 200 files spread over the disk, so many cells are still "
+              "read, in part."]
     section = "\n".join(lines) + "\n"
     print(section)
     OUT_DIR.mkdir(parents=True, exist_ok=True)

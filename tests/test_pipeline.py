@@ -63,6 +63,33 @@ def test_cells_read_alike_direct_or_buffered(tmp_path):
         os.close(fd)
 
 
+def test_given_bytes_come_from_the_base_and_are_not_read(tmp_path):
+    """A partly known cell: the given pairs are copied from the base (the parent's cell), the rest
+    of the used bytes read (direct reads round out to blocks, over given bytes too), the rest zero."""
+    size = 2 * MiB
+    disk, base = os.urandom(size), os.urandom(MiB)
+    path = tmp_path / "disk.img"
+    path.write_bytes(disk)
+    extents = np.array([[100, 300 * KiB], [400 * KiB + 5, 200 * KiB], [MiB - 10, 20]], dtype=np.int64)
+    given = [(1000, 100 * KiB + 3), (200 * KiB, 300 * KiB + 100), (400 * KiB + 5, 450 * KiB),
+             (550 * KiB, 600 * KiB + 5)]  # inside the used pairs of cell 0, some touching their ends
+    want = bytearray(_expected(disk, extents, 0, MiB))
+    for a, b in given:
+        want[a:b] = base[a:b]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        direct = CellReader(fd, extents, MiB, size)
+        buffered = CellReader(fd, extents, MiB, size)
+        buffered._direct_fd = None
+        unknown = sum(b - a for a, b in direct.used_in(0, MiB)) - sum(b - a for a, b in given)
+        for reader in (direct, buffered):
+            got, read = reader.read(0, given, base)
+            assert bytes(got) == bytes(want)
+            assert read == unknown  # the gaps between unknown bytes are over READ_THROUGH_GAP
+    finally:
+        os.close(fd)
+
+
 def test_writable_source_is_not_read_direct(tmp_path):
     path = tmp_path / "disk.img"
     path.write_bytes(bytes(MiB))

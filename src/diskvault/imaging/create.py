@@ -149,7 +149,8 @@ def create_image(opts: ImageOptions, progress: Progress | None = None) -> ImageR
                                         raw_cells=cells_for(plan.incompressible(), header.chunk_size))
             if len(known):
                 job = SkipKnownCells(encoder, parent, cells_to_skip(cells, extents, parent.extents, known,
-                                                                   header.chunk_size, source.size), source.size)
+                                                                   header.chunk_size, source.size), known,
+                                     source.size)
             progress.start("imaging", int(extents[:, 1].sum()) if len(extents) else 0)
             for cell in ordered_map(job, cells.tolist()):
                 bytes_read += cell.bytes_read

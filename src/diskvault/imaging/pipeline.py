@@ -89,19 +89,19 @@ class CellReader:
 
     def used_in(self, start: int, end: int) -> list[tuple[int, int]]:
         """Used (start, end) pairs within [start, end), relative to ``start``."""
-        i0 = int(np.searchsorted(self._ends, start, side="right"))
-        i1 = int(np.searchsorted(self._starts, end, side="left"))
-        return [(max(int(s), start) - start, min(int(e), end) - start)
-                for s, e in zip(self._starts[i0:i1], self._ends[i0:i1])]
+        return pairs_within(self._starts, self._ends, start, end)
 
-    def read(self, cell: int) -> tuple[memoryview, int]:
-        """(cell bytes, bytes read from the source). The view is valid until this thread's next read."""
+    def read(self, cell: int, given: list[tuple[int, int]] | None = None,
+             base: bytes | memoryview = b"") -> tuple[memoryview, int]:
+        """(cell bytes, bytes read from the source). The view is valid until this thread's next read.
+        ``given``: used pairs (as ``used_in`` gives them) whose bytes are copied from ``base``, the
+        cell as an earlier image holds it, instead of read: bytes known unchanged since then."""
         start, end = self.cell_range(cell)
         length = end - start
         buf = self._buffer()
         used = self.used_in(start, end)
         spans: list[list[int]] = []
-        for a, b in used:
+        for a, b in _outside(used, given) if given else used:
             if spans and a - spans[-1][1] < READ_THROUGH_GAP:
                 spans[-1][1] = b
             else:
@@ -112,6 +112,9 @@ class CellReader:
             read += n
             if n < b - a:
                 buf[a + n:b] = self._zeros[:b - a - n]
+        known = memoryview(base)  # sliced without copying
+        for a, b in given or ():
+            buf[a:b] = known[a:b]
         # zero what is not used: gaps read through and space outside every span
         pos = 0
         for a, b in used:
@@ -121,6 +124,30 @@ class CellReader:
         if pos < length:
             buf[pos:length] = self._zeros[:length - pos]
         return buf[:length], read
+
+
+def pairs_within(starts: np.ndarray, ends: np.ndarray, start: int, end: int) -> list[tuple[int, int]]:
+    """The parts of the sorted, disjoint extents [starts, ends) within [start, end), relative to ``start``."""
+    i0 = int(np.searchsorted(ends, start, side="right"))
+    i1 = int(np.searchsorted(starts, end, side="left"))
+    return [(max(int(s), start) - start, min(int(e), end) - start) for s, e in zip(starts[i0:i1], ends[i0:i1])]
+
+
+def _outside(pairs: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of sorted, disjoint (start, end) ``pairs`` that no pair of the sorted, disjoint ``cut`` covers."""
+    out, k = [], 0
+    for a, b in pairs:
+        while k < len(cut) and cut[k][1] <= a:
+            k += 1
+        i = k
+        while i < len(cut) and cut[i][0] < b:
+            if cut[i][0] > a:
+                out.append((a, cut[i][0]))
+            a = max(a, cut[i][1])
+            i += 1
+        if a < b:
+            out.append((a, b))
+    return out
 
 
 def _open_direct(fd: int) -> int | None:
@@ -184,7 +211,12 @@ class CellEncoder:
         return None
 
     def __call__(self, cell: int) -> EncodedCell:
-        data, nread = self.reader.read(cell)
+        return self.encode(cell, *self.reader.read(cell))
+
+    def encode(self, cell: int, data: memoryview, nread: int, before_cell: bytes | None = None) -> EncodedCell:
+        """The cell's bytes ``data`` (``nread`` of them read) hashed, and compressed if they must be
+        stored. ``before_cell``: the parent's bytes of the cell when the caller has decoded them
+        (decoding is the costly part of a patch)."""
         start = cell * self.reader.chunk_size
         digest = codec.content_hash(data, self.hash_key)
         before = self._parent_hash(start)
@@ -196,7 +228,8 @@ class CellEncoder:
         store_raw = i < len(self._raw_cells) and self._raw_cells[i] == cell
         payload = data
         if before is not None:
-            patch = make_patch(data, self.parent.state_cell(start), self.reader.chunk_size)
+            old = before_cell if before_cell is not None else self.parent.state_cell(start)
+            patch = make_patch(data, old, self.reader.chunk_size)
             if patch is not None:
                 payload, out.flags = patch, CHUNK_PATCH
         out.codec_id, out.stored = codec.compress(payload, "none" if store_raw else self.level)
