@@ -61,8 +61,12 @@ class CellReader:
         self._local = threading.local()
         self._zeros = memoryview(bytes(chunk_size))
         self._direct_fd = _open_direct(fd) if chunk_size % DIRECT_ALIGN == 0 else None
-        self.close = weakref.finalize(self, os.close, self._direct_fd) if self._direct_fd is not None else (
-            lambda: None)
+        self._closer = weakref.finalize(self, os.close, self._direct_fd) if self._direct_fd is not None else None
+
+    def close(self) -> None:
+        """Close the O_DIRECT descriptor now, not when the reader is collected."""
+        if self._closer is not None:
+            self._closer()
 
     def _buffer(self) -> memoryview:
         buf = getattr(self._local, "buf", None)

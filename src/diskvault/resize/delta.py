@@ -1,12 +1,13 @@
 """Rapid Delta Restore / Clone: write only what differs on the target.
 
-The target is read in large runs of cells (the image's grid, ``chunk_size``), its free bytes masked
-to zero exactly as the image hashed them, and each cell hashed with the image's key. A cell whose
+The target is read cell by cell (the image's grid, ``chunk_size``; used bytes only, O_DIRECT where
+it can), its free bytes zero exactly as the image hashed them, and each cell hashed with the image's key. A cell whose
 hash differs from the source's is compared with the source's bytes block by block (4 KiB), and only
 the differing blocks are written. Works for layouts that keep every partition in place.
 
 Cells whose bytes the target's filesystems vouch for are skipped unread: file data whose inodes are
-the same on the target as in the source (diskvault.changes). Restores write each ext superblock
+the same on the target as in the source (diskvault.changes); the cells they could not vouch for are
+compared while that is worked out. Restores write each ext superblock
 last (disk.target.HeldBack), so a target left by an interrupted restore vouches for nothing.
 """
 
