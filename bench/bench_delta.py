@@ -53,6 +53,11 @@ def drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
+def median(runs: list[tuple[float, dict]]) -> tuple[float, dict]:
+    """The (seconds, result) run of median time."""
+    return sorted(runs, key=lambda r: r[0])[len(runs) // 2]
+
+
 def evict(paths: list[Path]) -> None:
     """Drop these files' pages from the page cache (written back first)."""
     for path in paths:
@@ -178,8 +183,8 @@ def main() -> int:
                 ("changed in place", f"{changed / MiB:.0f} MiB ({changed / size:.1%} of the filesystem)")]
         verdicts = {}
         for mode, times in runs.items():
-            t_delta, delta, t_full, full_run = sorted(times, key=lambda r: r[0])[len(times) // 2]
-            t_full, full_run = sorted(((r[2], r[3]) for r in times), key=lambda r: r[0])[len(times) // 2]
+            t_delta, delta = median([(r[0], r[1]) for r in times])
+            t_full, full_run = median([(r[2], r[3]) for r in times])
             speedup, core = t_full / t_delta, full_run["seconds"] / delta["seconds"]
             share = delta["bytes_written"] / size
             verdicts[mode] = speedup
