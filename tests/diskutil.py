@@ -85,6 +85,16 @@ def tree_hashes(root: Path) -> dict[str, str]:
     return out
 
 
+def varied_content(kind: int, size: int, random_bytes, line: str) -> bytes:
+    """``size`` bytes of one of three kinds: 0 random (from ``random_bytes(n)``), 1 ``line``
+    repeated (text), 2 zeros - what compresses badly, well and completely."""
+    if kind == 0:
+        return random_bytes(size)
+    if kind == 1:
+        return (line * (size // len(line) + 1)).encode()[:size]
+    return bytes(size)
+
+
 def make_fat_tree(root: Path, seed: int, files: int = 40, max_size: int = 200_000,
                   unicode: bool = False) -> Path:
     """Nested directories (long, mixed-case names with spaces), files of varied sizes: random, text,
@@ -102,12 +112,7 @@ def make_fat_tree(root: Path, seed: int, files: int = 40, max_size: int = 200_00
     for i in range(files):
         size = fixed[i] if i < len(fixed) else int(rng.integers(0, max_size))
         kind = i % 3
-        if kind == 0:
-            data = rng.bytes(size)
-        elif kind == 1:
-            data = (f"line {i} of a text file\n" * (size // 24 + 1)).encode()[:size]
-        else:
-            data = bytes(size)
+        data = varied_content(kind, size, rng.bytes, f"line {i} of a text file\n")
         odd_name = f"Ünïcode {i}.dat" if unicode else f"Z{i}.DAT"
         name = [f"File number {i}.bin", f"text-{i}.txt", odd_name][kind]
         (dirs[i % len(dirs)] / name).write_bytes(data)
@@ -124,15 +129,8 @@ def make_tree(root: str, seed: int = 1, files: int = 60, max_size: int = 300_000
         os.makedirs(d, exist_ok=True)
         p = os.path.join(d, f"file{i}.dat")
         size = rng.choice([0, 1, 511, 4096, 65537, rng.randrange(max_size)])
-        kind = i % 3
-        if kind == 0:
-            data = rng.randbytes(size)
-        elif kind == 1:
-            data = (f"line {i} of a text file with words\n" * (size // 30 + 1)).encode()[:size]
-        else:
-            data = bytes(size)
         with open(p, "wb") as f:
-            f.write(data)
+            f.write(varied_content(i % 3, size, rng.randbytes, f"line {i} of a text file with words\n"))
         os.chmod(p, rng.choice([0o644, 0o600, 0o755, 0o4755, 0o640]))
         os.chown(p, rng.choice([0, 1000, 1234]), rng.choice([0, 100, 4321]))
         t = 1_500_000_000 + rng.randrange(100_000_000)
