@@ -71,10 +71,13 @@ def evict(paths: list[Path]) -> None:
 
 
 def timed(fn, cold: list[Path] | None):
-    """(seconds, result) of ``fn`` after evicting ``cold`` from the page cache, or all of it (None)."""
+    """(seconds, result) of ``fn`` after evicting ``cold`` from the page cache, or all of it (None).
+    Synced first: the set-up's writes and deletes (this disk is mounted with discard) would
+    otherwise still be going on, at a random cost to the run."""
     if cold is None:
         drop_caches()
     else:
+        os.sync()
         evict(cold)
     start = time.monotonic()
     out = fn()
@@ -178,6 +181,8 @@ def main() -> int:
                 t_delta, delta = timed(lambda: dv("restore", inc, str(target), "--delta", "--yes"), cold)
                 t_full, full_run = timed(lambda: dv("restore", inc, str(fresh), "--yes"), cold)
                 times.append((t_delta, delta, t_full, full_run))
+                print(f"{mode}: delta {t_delta:.2f} s ({delta['seconds']:.2f} s in restore), "
+                      f"full {t_full:.2f} s ({full_run['seconds']:.2f} s in restore)", file=sys.stderr)
                 same = same and sha(target) == sha(fresh)
         rows = [("filesystem", f"{size / 2**30:.2f} GiB ext4, {first['bytes_restored'] / 2**30:.2f} GiB used"),
                 ("changed in place", f"{changed / MiB:.0f} MiB ({changed / size:.1%} of the filesystem)")]

@@ -6,6 +6,7 @@ import shutil
 import stat
 import subprocess
 
+import numpy as np
 import pytest
 from diskutil import MiB, Part, build_disk, fsck_clean, loop_device, mounted, partition_manifest, sha256_file
 from test_roundtrip import dv, image
@@ -14,6 +15,8 @@ from diskvault.changes import open_tracker
 from diskvault.format.chain import Chain
 from diskvault.format.reader import KeyRing
 from diskvault.fs import extents as ext
+from diskvault.fs.base import Window
+from diskvault.fs.ext import ExtReader
 
 pytestmark = pytest.mark.root
 
@@ -76,6 +79,27 @@ def test_tracked_incremental_equals_a_full_reread(tmp_path):
     dv("restore", inc["image"], target, "--yes")
     fsck_clean(target, part)
     assert partition_manifest(target, part, str(tmp_path / "dst")) == expected
+
+
+def test_an_unwritten_filesystem_is_not_read_again(tmp_path):
+    """Its superblock is as the Full found it: nothing of it is read, only the partition table's
+    and the boot area's cells; one read-write mount (nothing changed) and metadata is read again."""
+    disk = str(tmp_path / "disk.img")
+    (part,) = build_disk(disk, [Part(48, "ext4", ("-b", "4096"), tree_seed=3)], workdir=str(tmp_path))
+    mnt = str(tmp_path / "mnt")
+    big_files(disk, part, mnt, {f"big{i}": 6 * MiB for i in range(4)})
+    dest = str(tmp_path / "full")
+    image(disk, dest)
+    with loop_device(disk, part.start, part.size, read_only=True) as dev, mounted(dev, mnt, "ro"):
+        assert sorted(os.listdir(mnt))[:2] == ["big0", "big1"]
+    inc, plain = twin_incrementals(disk, dest, tmp_path, "inc")
+    assert state_hash(inc["image"]) == state_hash(plain["image"])
+    assert inc["bytes_read"] <= 2 * 4 * MiB < 30 * MiB <= plain["bytes_read"]
+    with loop_device(disk, part.start, part.size) as dev, mounted(dev, mnt, "rw"):
+        pass
+    again, plain = twin_incrementals(disk, dest, tmp_path, "diff")
+    assert state_hash(again["image"]) == state_hash(plain["image"])
+    assert inc["bytes_read"] < again["bytes_read"] < plain["bytes_read"] - 20 * MiB  # the big files: not read
 
 
 def test_a_write_that_puts_mtime_back_is_seen(tmp_path):
@@ -149,7 +173,7 @@ def test_raw_device_writes_are_caught_without_change_tracking(tmp_path):
     assert sha256_file(target, offset, 4096) == sha256_file(disk, offset, 4096)
 
 
-def test_tracker_vouches_for_file_data_only_and_distrusts_a_dirty_filesystem(tmp_path):
+def test_tracker_vouches_for_file_data_or_an_unwritten_filesystem_and_distrusts_a_dirty_one(tmp_path):
     disk = str(tmp_path / "disk.img")
     (part,) = build_disk(disk, [Part(24, "ext4", tree_seed=5)], workdir=str(tmp_path))
     allocated = {}  # inode -> data bytes (small files: no extent tree blocks; no xattr blocks)
@@ -161,14 +185,31 @@ def test_tracker_vouches_for_file_data_only_and_distrusts_a_dirty_filesystem(tmp
                 if stat.S_ISREG(st.st_mode):
                     allocated[st.st_ino] = st.st_blocks * 512
     data_bytes = sum(allocated.values())
+    with open(disk, "rb") as fh:
+        used = ExtReader(Window(fh.fileno(), part.start, part.size), part.size).used_extents()
+    boot = 2048  # 1 KiB blocks: the boot block and the superblock's, always compared
     fd = os.open(disk, os.O_RDONLY)
     try:
         tracker = open_tracker(fd, part.start, part.size)
         assert tracker is not None and min(tracker.numbers) >= 11  # no journal, no reserved inode
-        known = tracker.unchanged(tracker.snapshot())
-        assert ext.total(known) == data_bytes
-        other = tracker.snapshot() | {"uuid": "0" * 32}
-        assert len(tracker.unchanged(other)) == 0
+        before = tracker.snapshot()
+        for vouch in (tracker.unchanged, tracker.candidates):
+            assert ext.total(vouch(before)) == ext.total(used) - boot  # not written since: every used byte
+            assert ext.total(vouch(before | {"superblock": "0" * 64})) == data_bytes
+            assert len(vouch(before | {"uuid": "0" * 32})) == 0
+        files = tracker.unchanged(before | {"superblock": "0" * 64})
+        fresh = open_tracker(fd, part.start, part.size)  # asked about a few files only: hashes only theirs
+        piece = np.array([[files[0, 0], 1024]], dtype=np.uint64)  # one block of one file
+        assert np.array_equal(fresh.unchanged(before | {"superblock": "0" * 64}, piece), piece)
+        assert "fingerprints" not in fresh.__dict__
+    finally:
+        os.close(fd)
+    with loop_device(disk, part.start, part.size) as dev, mounted(dev, str(tmp_path / "mnt"), "rw"):
+        pass  # mounted read-write, nothing changed: the superblock tells, so only file data is vouched for
+    fd = os.open(disk, os.O_RDONLY)
+    try:
+        tracker = open_tracker(fd, part.start, part.size)
+        assert tracker.superblock != before["superblock"] and ext.total(tracker.unchanged(before)) == data_bytes
     finally:
         os.close(fd)
     with loop_device(disk, part.start, part.size) as dev:

@@ -27,15 +27,17 @@ class Tracker(Protocol):
         """What identifies the current content (JSON-able), to store in an image."""
         ...
 
-    def unchanged(self, earlier: dict) -> np.ndarray:
+    def unchanged(self, earlier: dict, within: np.ndarray | None = None) -> np.ndarray:
         """Byte extents (relative to the filesystem) whose content equals what they held when
-        ``earlier`` was taken; empty when ``earlier`` is for another filesystem."""
+        ``earlier`` was taken; empty when ``earlier`` is for another filesystem. ``within``: only
+        these bytes are asked about (less to work out)."""
         ...
 
-    def candidates(self) -> np.ndarray:
-        """Byte extents (relative to the filesystem) that ``unchanged`` could return: everything
-        else is always read. Opening a tracker reads all it needs; this and the two calls above
-        only compute, so they may run while other threads write the filesystem's disk."""
+    def candidates(self, earlier: dict) -> np.ndarray:
+        """Byte extents (relative to the filesystem) that ``unchanged(earlier)`` could return:
+        everything else is always read. Opening a tracker reads all it needs, and this call may
+        read a little more (a delta calls it before it writes anything); ``unchanged`` and
+        ``snapshot`` only compute, so they may run while other threads write the filesystem's disk."""
         ...
 
 
@@ -69,14 +71,24 @@ def snapshots(trackers: dict[int, Tracker]) -> dict:
     return {str(start): t.snapshot() for start, t in trackers.items()}
 
 
-def candidates(trackers: dict[int, Tracker]) -> np.ndarray:
-    """Disk byte extents the trackers could vouch for (see Tracker.candidates)."""
-    found = [extents.shift(t.candidates(), start) for start, t in trackers.items()]
-    return extents.merge(np.concatenate(found)) if found else extents.EMPTY.copy()
+def candidates(trackers: dict[int, Tracker], earlier: dict) -> np.ndarray:
+    """Disk byte extents the trackers could vouch for against the snapshots ``earlier`` (see
+    Tracker.candidates)."""
+    return _per_partition(trackers, earlier, lambda t, snap, _start: t.candidates(snap))
 
 
-def known_unchanged(trackers: dict[int, Tracker], earlier: dict) -> np.ndarray:
-    """Disk byte extents known unchanged since the snapshots ``earlier`` (an image's metadata value)."""
-    known = [extents.shift(t.unchanged(earlier[str(start)]), start)
+def known_unchanged(trackers: dict[int, Tracker], earlier: dict,
+                    within: np.ndarray | None = None) -> np.ndarray:
+    """Disk byte extents known unchanged since the snapshots ``earlier`` (an image's metadata
+    value); ``within``: only these disk bytes are asked about."""
+    def unchanged(t: Tracker, snap: dict, start: int) -> np.ndarray:
+        if within is None:
+            return t.unchanged(snap)
+        return t.unchanged(snap, extents.shift(extents.clip(within, start, 1 << 63), -start))
+    return _per_partition(trackers, earlier, unchanged)
+
+
+def _per_partition(trackers: dict[int, Tracker], earlier: dict, extents_of) -> np.ndarray:
+    found = [extents.shift(extents_of(t, earlier[str(start)], start), start)
              for start, t in trackers.items() if str(start) in earlier]
-    return extents.merge(np.concatenate(known)) if known else extents.EMPTY.copy()
+    return extents.merge(np.concatenate(found)) if found else extents.EMPTY.copy()

@@ -1,16 +1,23 @@
-"""ext2/3/4 change tracking by inode fingerprints.
+"""ext2/3/4 change tracking by inode fingerprints and the superblock.
 
 A file's data cannot change without its inode changing: every write sets ctime (which no system
 call can set back), and moving or reallocating its blocks changes its extent tree. So a regular
 file whose inode - without atime and checksums - and extent tree are byte-identical to an earlier
 snapshot holds the same data in the same blocks, and those blocks need not be read.
 
+A filesystem whose primary superblock is byte-identical to a snapshot's was not written at all
+since: every read-write mount writes the mount count and time into it, and e2fsprogs tools that
+write (e2fsck, tune2fs, resize2fs, debugfs) set its write time and written-bytes counter. Then every
+block its bitmaps mark used holds what it held, metadata and journal included; only the boot area
+before the superblock, which boot loaders write directly, is still compared.
+
 Trusted only when the filesystem was cleanly unmounted (or is mounted read-only): then every lazy
-timestamp has reached the disk. Never vouched for, so always read and compared: everything that is
-not the data of a regular extent-mapped file (metadata, directories, xattr blocks, block-mapped
-ext2/3 files), the reserved inodes (the journal is written without touching its inode), inodes the
-superblock names (quota, orphan file) and large-xattr inodes. Writes to the raw device that bypass
-the filesystem are not seen - use ``--no-change-tracking`` after such surgery.
+timestamp has reached the disk. Unless the superblock is unchanged, never vouched for, so always
+read and compared: everything that is not the data of a regular extent-mapped file (metadata,
+directories, xattr blocks, block-mapped ext2/3 files), the reserved inodes (the journal is written
+without touching its inode), inodes the superblock names (quota, orphan file) and large-xattr
+inodes. Writes to the raw device that bypass the filesystem are not seen - use
+``--no-change-tracking`` after such surgery.
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ class ExtTracker:
         if fs.unsupported:
             raise FilesystemError(fs.unsupported)
         self.uuid = fs.sb["s_uuid"].hex()
+        self.superblock = blake3.blake3(read_at(fh, C.SUPERBLOCK_OFFSET, C.SUPERBLOCK_SIZE)).hexdigest()
         self._scan()
 
     # ----------------------------------------------------------------- inodes
@@ -139,6 +147,28 @@ class ExtTracker:
         del self._rows, self._trees
         return out
 
+    def _digests(self, files: np.ndarray) -> np.ndarray:
+        """The fingerprint digests of the files at indices ``files``: only theirs are hashed, unless
+        all are already."""
+        if "fingerprints" in self.__dict__ or len(files) > len(self.numbers) // 4:
+            return self.fingerprints["digest"][files]
+        h = blake3.blake3
+        digests = [h(self._rows[k].tobytes() + self._trees.get(k, b"")).digest(16) for k in files.tolist()]
+        return np.frombuffer(b"".join(digests), dtype="V16") if digests else np.zeros(0, dtype="V16")
+
+    def _files_within(self, within: np.ndarray) -> np.ndarray:
+        """Indices of the files with data in ``within`` (merged byte extents)."""
+        if not len(self._runs) or not len(within):
+            return np.zeros(0, dtype=np.int64)
+        bs = np.uint64(self._fs.block_size)
+        starts, ends = self._runs[:, 0] * bs, (self._runs[:, 0] + self._runs[:, 1]) * bs
+        w_start, w_end = within[:, 0], within[:, 0] + within[:, 1]
+        k = np.minimum(np.searchsorted(w_end, starts, side="right"), len(within) - 1)
+        overlaps = (w_end[k] > starts) & (w_start[k] < ends)
+        mask = np.zeros(len(self.numbers), dtype=bool)
+        mask[self._owner[overlaps]] = True
+        return np.flatnonzero(mask)
+
     def _extents(self, root: bytes) -> tuple[np.ndarray, bytes]:
         """(physical [block, count] rows of the written extents of a deeper tree; its raw blocks)."""
         tree: list[bytes] = []
@@ -157,22 +187,43 @@ class ExtTracker:
     # ----------------------------------------------------------------- protocol
 
     def snapshot(self) -> dict:
-        return {"kind": KIND, "uuid": self.uuid,
+        return {"kind": KIND, "uuid": self.uuid, "superblock": self.superblock,
                 "fingerprints": base64.b64encode(self.fingerprints.tobytes()).decode("ascii")}
 
-    def unchanged(self, earlier: dict) -> np.ndarray:
-        if earlier.get("kind") != KIND or earlier.get("uuid") != self.uuid:
+    def unchanged(self, earlier: dict, within: np.ndarray | None = None) -> np.ndarray:
+        if not self._same_filesystem(earlier):
             return ext.EMPTY.copy()
+        if earlier.get("superblock") == self.superblock:
+            return self._all_used.copy() if within is None else ext.intersect(self._all_used, within)
+        files = np.arange(len(self.numbers)) if within is None else self._files_within(ext.merge(within))
         before = np.frombuffer(base64.b64decode(earlier["fingerprints"]), dtype=FINGERPRINT)
-        i = np.searchsorted(before["ino"], self.numbers)
+        numbers = self.numbers[files]
+        i = np.searchsorted(before["ino"], numbers)
         found = i < len(before)
-        same = found.copy()
-        same[found] = (before["ino"][i[found]] == self.numbers[found]) & (
-            before["digest"][i[found]] == self.fingerprints["digest"][found])
-        return self._byte_extents(self._runs[same[self._owner]] if len(self._runs) else self._runs)
+        same = np.zeros(len(self.numbers), dtype=bool)
+        same[files[found]] = (before["ino"][i[found]] == numbers[found]) & (
+            before["digest"][i[found]] == self._digests(files)[found])
+        runs = self._runs[same[self._owner]] if len(self._runs) else self._runs
+        found_bytes = self._byte_extents(runs)
+        return found_bytes if within is None else ext.intersect(found_bytes, within)
 
-    def candidates(self) -> np.ndarray:
+    def candidates(self, earlier: dict) -> np.ndarray:
+        if not self._same_filesystem(earlier):
+            return ext.EMPTY.copy()
+        if earlier.get("superblock") == self.superblock:
+            return self._all_used.copy()
         return self._byte_extents(self._runs)
+
+    def _same_filesystem(self, earlier: dict) -> bool:
+        return earlier.get("kind") == KIND and earlier.get("uuid") == self.uuid
+
+    @functools.cached_property
+    def _all_used(self) -> np.ndarray:
+        """Every used byte after the boot area and the primary superblock (what the bitmaps say:
+        read when a snapshot's superblock first matches, which a delta asks before writing)."""
+        fs = self._fs
+        boot = -(-(C.SUPERBLOCK_OFFSET + C.SUPERBLOCK_SIZE) // fs.block_size) * fs.block_size
+        return ext.clip(fs.used_extents(), boot, fs.blocks_count * fs.block_size)
 
     def _byte_extents(self, blocks: np.ndarray) -> np.ndarray:
         """Byte extents of [block, count] rows that lie inside the filesystem."""

@@ -55,7 +55,10 @@ def clip(extents: np.ndarray, start: int, end: int) -> np.ndarray:
 
 def shift(extents: np.ndarray, delta: int) -> np.ndarray:
     out = np.asarray(extents, dtype=np.uint64).reshape(-1, 2).copy()
-    out[:, 0] += np.uint64(delta)
+    if delta >= 0:
+        out[:, 0] += np.uint64(delta)
+    else:
+        out[:, 0] -= np.uint64(-delta)
     return out
 
 

@@ -26,7 +26,7 @@ from diskvault.format.reader import KeyRing
 from diskvault.format.writer import ImageWriter
 from diskvault.fs import extents as ext
 from diskvault.imaging.destination import auto_split_size
-from diskvault.imaging.pipeline import CellEncoder, CellReader, cells_for, ordered_map
+from diskvault.imaging.pipeline import CellEncoder, CellReader, cells_for, ordered_map, unique
 from diskvault.imaging.plan import make_plan
 from diskvault.imaging.sets import find_parent, scan
 from diskvault.imaging.tracked import SkipKnownCells, cells_to_skip
@@ -126,7 +126,7 @@ def create_image(opts: ImageOptions, progress: Progress | None = None) -> ImageR
             sealer = Sealer(key.chunk_key, header.image_id) if key else None
             cells = cells_for(extents, header.chunk_size)
             if parent is not None:
-                cells = np.union1d(cells, parent.state.offsets // header.chunk_size)
+                cells = unique(np.concatenate([cells, parent.state.offsets // header.chunk_size]))
             split = opts.split_size or auto_split_size(opts.to)
             writer = ImageWriter(opts.to, header, split_size=split, sealer=sealer)
         except BaseException:

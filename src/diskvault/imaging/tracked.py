@@ -66,4 +66,4 @@ def cells_to_skip(cells: np.ndarray, extents: np.ndarray, parent_extents: np.nda
     """The cells whose bytes used now or in the parent are all ``known`` unchanged."""
     either = ext.merge(np.concatenate([extents, parent_extents]))
     unknown = ext.intersect(either, ext.complement(known, disk_size))
-    return np.setdiff1d(cells, cells_for(unknown, chunk_size))
+    return cells[~np.isin(cells, cells_for(unknown, chunk_size))]

@@ -1,14 +1,16 @@
 """Rapid Delta Restore / Clone: write only what differs on the target.
 
 The target is read cell by cell (the image's grid, ``chunk_size``; used bytes only, O_DIRECT where
-it can), its free bytes zero exactly as the image hashed them, and each cell hashed with the image's key. A cell whose
-hash differs from the source's is compared with the source's bytes block by block (4 KiB), and only
-the differing blocks are written. Works for layouts that keep every partition in place.
+it can), its free bytes zero exactly as the image hashed them, and each cell hashed with the image's
+key. A cell whose hash differs from the source's is compared with the source's bytes block by block
+(4 KiB), and only the differing blocks are written. Works for layouts that keep every partition in
+place.
 
-Cells whose bytes the target's filesystems vouch for are skipped unread: file data whose inodes are
-the same on the target as in the source (diskvault.changes); the cells they could not vouch for are
-compared while that is worked out. Restores write each ext superblock
-last (disk.target.HeldBack), so a target left by an interrupted restore vouches for nothing.
+Cells whose bytes the target's filesystems vouch for are skipped unread (diskvault.changes): file
+data whose inodes are the same on the target as in a member of the source's chain, or a whole
+filesystem whose superblock is, where no newer member changed it. The cells they could not vouch
+for are compared while that is worked out. Restores write each ext superblock last
+(disk.target.HeldBack), so a target left by an interrupted restore vouches for nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from diskvault.changes import candidates, known_unchanged, open_trackers, partit
 from diskvault.disk.target import Target
 from diskvault.format import codec
 from diskvault.fs import extents as ext
-from diskvault.imaging.pipeline import CellReader, cells_for, ordered_map
+from diskvault.imaging.pipeline import CellReader, cells_for, ordered_map, unique
 from diskvault.ui.progress import Progress
 
 BLOCK = 4096
@@ -48,17 +50,26 @@ class Tracked:
 
 
 def tracked_on_target(source, target: Target) -> Tracked:
-    """Bytes of the target that its filesystems show hold what ``source`` holds there: the data of
-    files whose inodes on the target are as in a member of the source's chain (diskvault.changes)
-    and that no newer member changed, inside what the source uses."""
+    """Bytes of the target that its filesystems show hold what ``source`` holds there, inside what
+    the source uses: what a member of the source's chain holds there (diskvault.changes) where no
+    newer member changed it. Reads the target now, before anything is written to it."""
     trackers = open_trackers(target.fd, partition_spans(source.table, source.size))
+    history = source.tracking_history() if trackers else []
+    possible = [ext.intersect(ext.intersect(candidates(trackers, snaps), ext.complement(newer, source.size)),
+                              source.used) for snaps, newer in history]
 
     def known() -> np.ndarray:
-        found = [ext.intersect(known_unchanged(trackers, snaps), ext.complement(newer, source.size))
-                 for snaps, newer in source.tracking_history()] if trackers else []
-        return ext.intersect(ext.merge(np.concatenate(found)), source.used) if found else ext.EMPTY.copy()
+        """Members that could vouch for most first (a whole unwritten filesystem), then the others
+        only about what is still unknown: fingerprints are worked out for fewer files."""
+        unknown = source.used
+        for k in sorted(range(len(history)), key=lambda k: -ext.total(possible[k])):
+            within = ext.intersect(unknown, possible[k])
+            if len(within):
+                found = known_unchanged(trackers, history[k][0], within)
+                unknown = ext.intersect(unknown, ext.complement(found, source.size))
+        return ext.intersect(source.used, ext.complement(unknown, source.size))
 
-    return Tracked(ext.intersect(candidates(trackers), source.used), known)
+    return Tracked(ext.merge(np.concatenate(possible)) if possible else ext.EMPTY.copy(), known)
 
 
 def delta_copy(source, target: Target, ranges: np.ndarray, progress: Progress,
@@ -87,8 +98,9 @@ def delta_copy(source, target: Target, ranges: np.ndarray, progress: Progress,
 
     def cells(known: Future) -> Iterator[int]:
         yield from first.tolist()
-        rest = np.setdiff1d(cells_for(ext.intersect(wanted, ext.complement(known.result(), size)), cs), first)
-        compared = ext.intersect(wanted, _cell_extents(np.union1d(first, rest), cs, size))
+        rest = cells_for(ext.intersect(wanted, ext.complement(known.result(), size)), cs)
+        rest = rest[~np.isin(rest, first)]
+        compared = ext.intersect(wanted, _cell_extents(unique(np.concatenate([first, rest])), cs, size))
         progress.advance(ext.total(wanted) - ext.total(compared))  # known equal: not compared
         yield from rest.tolist()
 
