@@ -24,6 +24,10 @@ from test_roundtrip import dv, image
 
 from diskvault.disk.table import read_partition_table
 from diskvault.format.chain import Chain
+from diskvault.format.layout import CHUNK_PATCH
+from diskvault.fs import extents as ext
+from diskvault.fs.base import Window
+from diskvault.fs.ext import ExtReader
 from diskvault.format.reader import KeyRing
 from diskvault.resize import fat
 
@@ -280,6 +284,57 @@ def test_delta_writes_only_what_changed(tmp_path):
     blocks = os.stat(target).st_blocks
     dv("restore", inc, target, "--delta", "--yes")
     assert os.stat(target).st_blocks * 512 <= blocks * 512 - 4 * MiB
+
+
+def test_delta_writes_patches_only_onto_what_the_target_is_vouched_to_hold(tmp_path):
+    """The inc's patches are written unread onto cells the target is vouched to hold the Full's
+    bytes in. Not onto a cell with blocks the Full did not use (junk written behind diskvault's
+    back, and zeros the inc newly uses, in no patch), nor one with a file changed on the target."""
+    disk = str(tmp_path / "disk.img")
+    (part,) = build_disk(disk, [Part(64, "ext4", ("-b", "4096"), tree_seed=None)], workdir=str(tmp_path))
+    mnt = str(tmp_path / "mnt")
+    with loop_device(disk, part.start, part.size) as dev, mounted(dev, mnt, "rw"):
+        with open(os.path.join(mnt, "big"), "wb") as f:
+            f.write(os.urandom(24 * MiB))
+    with loop_device(disk, part.start, part.size, read_only=True) as dev:
+        blocks = [int(b) for b in sh("debugfs", "-R", "blocks /big", dev).stdout.split()]
+    assert blocks == list(range(blocks[0], blocks[0] + len(blocks)))  # one run: offsets map simply
+    big_start = part.start + blocks[0] * 4096
+    cell = (big_start + 8 * MiB) // CELL * CELL  # a cell inside big
+    images = str(tmp_path / "images")
+    full = image(disk, images)["image"]
+    target = str(tmp_path / "target.img")
+    dv("restore", full, target, "--yes")
+    with open(target, "r+b") as f:  # junk in the free space; the superblock cannot tell
+        used = ExtReader(Window(f.fileno(), part.start, part.size), part.size).used_extents()
+        for start, length in ext.complement(used, part.size).tolist():
+            f.seek(part.start + start)
+            f.write(os.urandom(length))
+    with loop_device(disk, part.start, part.size) as dev, mounted(dev, mnt, "rw"):
+        with open(os.path.join(mnt, "big"), "r+b") as f:
+            for offset in (2 * MiB, 16 * MiB, cell + 256 * 1024 - big_start):
+                f.seek(offset)
+                f.write(os.urandom(128 * 1024))
+        with open(os.path.join(mnt, "new"), "wb") as f:  # its zeros are in no patch: the Full's free space
+            f.write(os.urandom(MiB // 2) + bytes(MiB) + os.urandom(MiB // 2))
+    inc = image(disk, images, "--type", "inc")["image"]
+    fresh = str(tmp_path / "fresh.img")
+    dv("restore", inc, fresh, "--yes")
+    with Chain(inc, KeyRing()) as chain:
+        patched = [int(rec["disk_offset"]) for rec in chain.head.index if rec["flags"] & CHUNK_PATCH]
+    assert cell in patched
+    spare = str(tmp_path / "spare.img")
+    shutil.copyfile(target, spare)
+    r = json.loads(dv("restore", inc, target, "--delta", "--yes", "--json").stdout)
+    assert sha256_file(target, part.start, part.size) == sha256_file(fresh, part.start, part.size)
+    assert r["bytes_compared"] <= 3 * CELL, r  # the table's two cells and new's; not big's three changed ones
+
+    with loop_device(spare, part.start, part.size) as dev, mounted(dev, mnt, "rw"):
+        with open(os.path.join(mnt, "big"), "r+b") as f:  # big's cell changed on the target too
+            f.seek(cell + 2 * MiB - big_start)
+            f.write(os.urandom(64 * 1024))
+    dv("restore", inc, spare, "--delta", "--yes")
+    assert sha256_file(spare, part.start, part.size) == sha256_file(fresh, part.start, part.size)
 
 
 def test_trim_on_a_loop_device_leaves_free_space_as_holes(tmp_path, mixed):

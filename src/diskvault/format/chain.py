@@ -21,7 +21,7 @@ import numpy as np
 
 from diskvault.errors import IntegrityError, MissingChainMemberError
 from diskvault.format.layout import CHUNK_PATCH, CHUNK_ZERO, TYPE_FULL
-from diskvault.format.patch import apply_patch
+from diskvault.format.patch import apply_patch, patch_blocks
 from diskvault.format.reader import ImageFile, KeyRing
 from diskvault.format.writer import image_file_name
 from diskvault.readat import ReadAtFile
@@ -158,12 +158,34 @@ class Chain:
             raise member.damaged(r, str(e)) from None
         return member.check_content(r, data)
 
+    def patch_of(self, j: int) -> tuple[range, list[tuple[int, memoryview]]] | None:
+        """For the state's cell ``j`` when a patch gives it: the members whose state of the cell
+        the patch applies to, and the patch's blocks (offset in the cell, bytes; the stored chunk
+        checked). None when a whole chunk gives it."""
+        m, r = int(self.state.member[j]), int(self.state.record[j])
+        member = self.members[m]
+        rec = member.index[r]
+        if not rec["flags"] & CHUNK_PATCH:
+            return None
+        disk_offset = int(rec["disk_offset"])
+        base = next((k for k in range(m - 1, -1, -1) if self._record(k, disk_offset) >= 0), 0)
+        try:
+            return range(base, m), patch_blocks(member.payload(r, member.read_stored(r)), int(rec["length"]),
+                                                self.chunk_size)
+        except ValueError as e:
+            raise member.damaged(r, str(e)) from None
+
+    def _record(self, k: int, disk_offset: int) -> int:
+        """Member ``k``'s record of the cell at ``disk_offset``, or -1."""
+        offs = self._offsets[k]
+        i = int(np.searchsorted(offs, disk_offset))
+        return i if i < len(offs) and offs[i] == disk_offset else -1
+
     def _cell_before(self, m: int, disk_offset: int, length: int,
                      held: tuple[bytes, bytes | memoryview] | None = None) -> bytes | memoryview:
         for k in range(m - 1, -1, -1):
-            offs = self._offsets[k]
-            i = int(np.searchsorted(offs, disk_offset))
-            if i < len(offs) and offs[i] == disk_offset:
+            i = self._record(k, disk_offset)
+            if i >= 0:
                 if held is not None and bytes(self.members[k].index[i]["content_hash"]) == held[0]:
                     return held[1]
                 return self.decode_record(k, i, held)

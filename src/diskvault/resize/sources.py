@@ -94,14 +94,21 @@ class ImageDisk:
         return bytes(self.chain.state.hashes[j]) if j >= 0 else self._zero_hash(length)
 
     def tracking_history(self) -> list[tuple[dict, np.ndarray]]:
-        """(change-tracking snapshots of a member, disk extents of the cells newer members store):
-        bytes a snapshot vouches for outside those cells are as this image gives them."""
+        """Per member of the chain, oldest first: (its change-tracking snapshots, disk extents of
+        the cells newer members store); bytes a snapshot vouches for outside those cells are as
+        this image gives them."""
         history, later = [], []
         for m in reversed(self.chain.members):
             newer = ext.merge(np.concatenate(later)) if later else ext.EMPTY
             history.append((m.metadata.get(TRACKING_KEY, {}), newer))
             later.append(np.stack([m.index["disk_offset"], m.index["length"]], axis=1).astype(np.uint64))
-        return history
+        return history[::-1]
+
+    def patch(self, cell: int) -> tuple[range, list[tuple[int, memoryview]]] | None:
+        """When a patch gives the cell: the members (as tracking_history counts them) whose state
+        of the cell it applies to, and its blocks (Chain.patch_of); else None."""
+        j = self.chain.state.lookup(cell * self.chunk_size)
+        return self.chain.patch_of(j) if j >= 0 else None
 
     def cell_bytes(self, cell: int, length: int, held: tuple[bytes, bytes | memoryview] | None = None) -> bytes:
         """The cell's bytes; ``held`` as for Chain.decode."""
@@ -131,6 +138,10 @@ class FdDisk:
     def tracking_history(self) -> list[tuple[dict, np.ndarray]]:
         """This disk's change-tracking snapshots as it is now (see ImageDisk)."""
         return [(snapshots(open_trackers(self.fd, partition_spans(self.table, self.size))), ext.EMPTY)]
+
+    def patch(self, cell: int) -> None:
+        """A disk gives every cell whole (see ImageDisk)."""
+        return None
 
     def covered(self) -> np.ndarray:
         return self.used
