@@ -158,20 +158,24 @@ class Chain:
             raise member.damaged(r, str(e)) from None
         return member.check_content(r, data)
 
-    def patch_of(self, j: int) -> tuple[range, list[tuple[int, memoryview]]] | None:
-        """For the state's cell ``j`` when a patch gives it: the members whose state of the cell
-        the patch applies to, and the patch's blocks (offset in the cell, bytes; the stored chunk
-        checked). None when a whole chunk gives it."""
+    def patch_base(self, j: int) -> range | None:
+        """When a patch gives the state's cell ``j``: the members whose state of the cell the patch
+        applies to. None when a whole chunk gives it."""
         m, r = int(self.state.member[j]), int(self.state.record[j])
-        member = self.members[m]
-        rec = member.index[r]
+        rec = self.members[m].index[r]
         if not rec["flags"] & CHUNK_PATCH:
             return None
         disk_offset = int(rec["disk_offset"])
-        base = next((k for k in range(m - 1, -1, -1) if self._record(k, disk_offset) >= 0), 0)
+        return range(next((k for k in range(m - 1, -1, -1) if self._record(k, disk_offset) >= 0), 0), m)
+
+    def patch_blocks(self, j: int) -> list[tuple[int, memoryview]]:
+        """The blocks (offset in the cell, bytes) of the patch that gives the state's cell ``j``,
+        its stored chunk checked."""
+        m, r = int(self.state.member[j]), int(self.state.record[j])
+        member = self.members[m]
         try:
-            return range(base, m), patch_blocks(member.payload(r, member.read_stored(r)), int(rec["length"]),
-                                                self.chunk_size)
+            return patch_blocks(member.payload(r, member.read_stored(r)), int(member.index[r]["length"]),
+                                self.chunk_size)
         except ValueError as e:
             raise member.damaged(r, str(e)) from None
 

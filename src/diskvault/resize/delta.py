@@ -145,15 +145,11 @@ def _patched(source, target: Target, cell: int, need: np.ndarray, vouched: Vouch
     """Bytes written when a patch of the source turns what the target holds in ``cell`` into what
     the source holds there: when every byte ``need``ed there is vouched to hold the state of a
     member the patch applies to (or the source's already). None when no patch can."""
-    patch = source.patch(cell)
-    if patch is None:
+    members = source.patch_base(cell) or ()
+    if not any(k in vouched.as_member and _covers(need, vouched.as_member[k], vouched.equal) for k in members):
         return None
-    members, blocks = patch
     start = cell * source.chunk_size
-    for k in members:
-        if k in vouched.as_member and _covers(need, vouched.as_member[k], vouched.equal):
-            return sum(_write_blocks(target, start + a, None, data, need) for a, data in _runs(blocks))
-    return None
+    return sum(_write_blocks(target, start + a, None, data, need) for a, data in _runs(source.patch_blocks(cell)))
 
 
 def _runs(blocks: list[tuple[int, memoryview]]) -> Iterator[tuple[int, bytes]]:

@@ -104,11 +104,15 @@ class ImageDisk:
             later.append(np.stack([m.index["disk_offset"], m.index["length"]], axis=1).astype(np.uint64))
         return history[::-1]
 
-    def patch(self, cell: int) -> tuple[range, list[tuple[int, memoryview]]] | None:
+    def patch_base(self, cell: int) -> range | None:
         """When a patch gives the cell: the members (as tracking_history counts them) whose state
-        of the cell it applies to, and its blocks (Chain.patch_of); else None."""
+        of the cell it applies to (Chain.patch_base); else None."""
         j = self.chain.state.lookup(cell * self.chunk_size)
-        return self.chain.patch_of(j) if j >= 0 else None
+        return self.chain.patch_base(j) if j >= 0 else None
+
+    def patch_blocks(self, cell: int) -> list[tuple[int, memoryview]]:
+        """The blocks (offset in the cell, bytes) of the patch that gives the cell."""
+        return self.chain.patch_blocks(self.chain.state.lookup(cell * self.chunk_size))
 
     def cell_bytes(self, cell: int, length: int, held: tuple[bytes, bytes | memoryview] | None = None) -> bytes:
         """The cell's bytes; ``held`` as for Chain.decode."""
@@ -139,7 +143,7 @@ class FdDisk:
         """This disk's change-tracking snapshots as it is now (see ImageDisk)."""
         return [(snapshots(open_trackers(self.fd, partition_spans(self.table, self.size))), ext.EMPTY)]
 
-    def patch(self, cell: int) -> None:
+    def patch_base(self, cell: int) -> None:
         """A disk gives every cell whole (see ImageDisk)."""
         return None
 
