@@ -72,7 +72,7 @@ class ExtTracker:
         if fs.unsupported:
             raise FilesystemError(fs.unsupported)
         self.uuid = fs.sb["s_uuid"].hex()
-        self.superblock = blake3.blake3(read_at(fh, C.SUPERBLOCK_OFFSET, C.SUPERBLOCK_SIZE)).hexdigest()
+        self.superblock = blake3.blake3(fs.superblock_bytes).hexdigest()
         self._scan()
 
     # ----------------------------------------------------------------- inodes
@@ -97,8 +97,7 @@ class ExtTracker:
 
     def _excluded(self) -> set[int]:
         sb = self._fs.sb
-        raw = read_at(self._fh, C.SUPERBLOCK_OFFSET + ORPHAN_FILE_INUM_OFFSET, 4)
-        orphan = struct.unpack("<I", raw)[0] if len(raw) == 4 else 0
+        orphan = struct.unpack_from("<I", self._fs.superblock_bytes, ORPHAN_FILE_INUM_OFFSET)[0]
         return {sb["s_journal_inum"], sb["s_usr_quota_inum"], sb["s_grp_quota_inum"], sb["s_prj_quota_inum"],
                 orphan} - {0}
 
@@ -138,12 +137,7 @@ class ExtTracker:
     def fingerprints(self) -> np.ndarray:
         out = np.zeros(len(self.numbers), dtype=FINGERPRINT)
         out["ino"] = self.numbers
-        if len(out):  # the hot loop of a scan: one slice and one hash per file
-            raw, n, h = self._rows.tobytes(), self._rows.shape[1], blake3.blake3
-            digests = [h(raw[i:i + n]).digest(16) for i in range(0, len(raw), n)]
-            for k, tree in self._trees.items():
-                digests[k] = h(raw[k * n:(k + 1) * n] + tree).digest(16)
-            out["digest"] = np.frombuffer(b"".join(digests), dtype="V16")
+        out["digest"] = self._hash(np.arange(len(self.numbers)))
         del self._rows, self._trees
         return out
 
@@ -152,9 +146,20 @@ class ExtTracker:
         all are already."""
         if "fingerprints" in self.__dict__ or len(files) > len(self.numbers) // 4:
             return self.fingerprints["digest"][files]
-        h = blake3.blake3
-        digests = [h(self._rows[k].tobytes() + self._trees.get(k, b"")).digest(16) for k in files.tolist()]
-        return np.frombuffer(b"".join(digests), dtype="V16") if digests else np.zeros(0, dtype="V16")
+        return self._hash(files)
+
+    def _hash(self, files: np.ndarray) -> np.ndarray:
+        """Digests of the files at the sorted indices ``files`` (the hot loop of a scan: one slice
+        and one hash per file, over one copy of their rows)."""
+        if not len(files):
+            return np.zeros(0, dtype="V16")
+        raw, n, h = self._rows[files].tobytes(), self._rows.shape[1], blake3.blake3
+        digests = [h(raw[i:i + n]).digest(16) for i in range(0, len(raw), n)]
+        for k, tree in self._trees.items():
+            i = int(np.searchsorted(files, k))
+            if i < len(files) and files[i] == k:
+                digests[i] = h(raw[i * n:(i + 1) * n] + tree).digest(16)
+        return np.frombuffer(b"".join(digests), dtype="V16")
 
     def _files_within(self, within: np.ndarray) -> np.ndarray:
         """Indices of the files with data in ``within`` (merged byte extents)."""

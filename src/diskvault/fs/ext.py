@@ -48,7 +48,7 @@ class ExtReader:
         sb = C.parse_superblock(raw)
         if sb["s_magic"] != C.EXT_MAGIC:
             raise FilesystemError("no ext superblock (bad magic)")
-        self.sb = sb
+        self.sb, self.superblock_bytes = sb, raw
         if sb["s_rev_level"] == 0:  # original format: the feature fields are not defined
             self.compat = self.incompat = self.ro_compat = 0
         else:

@@ -26,7 +26,7 @@ from diskvault.changes import candidates, known_unchanged, open_trackers, partit
 from diskvault.disk.target import Target
 from diskvault.format import codec
 from diskvault.fs import extents as ext
-from diskvault.imaging.pipeline import CellReader, cells_for, ordered_map, unique
+from diskvault.imaging.pipeline import CellReader, cells_for, ordered_map, pairs_within, unique
 from diskvault.ui.progress import Progress
 
 BLOCK = 4096
@@ -109,10 +109,15 @@ def delta_copy(source, target: Target, ranges: np.ndarray, progress: Progress,
         want = source.cell_bytes(cell, len(view), (have, view))
         return len(view), _write_blocks(target, cell * cs, view, want, ranges)
 
+    wanted_starts = wanted[:, 0].astype(np.int64)
+    wanted_ends = wanted_starts + wanted[:, 1].astype(np.int64)
+
     def update(job: tuple[int, Vouched | None]) -> tuple[int, int, int | None]:
         """(bytes of ``wanted`` in the cell, bytes compared, bytes written or None)."""
         cell, vouched = job
-        need = ext.clip(wanted, cell * cs, min(cell * cs + cs, size))
+        start = cell * cs
+        pairs = pairs_within(wanted_starts, wanted_ends, start, min(start + cs, size))
+        need = np.array([(start + a, b - a) for a, b in pairs], dtype=np.uint64).reshape(-1, 2)
         written = _patched(source, target, cell, need, vouched) if vouched else None
         return (ext.total(need), 0, written) if written is not None else (ext.total(need), *compare(cell))
 
